@@ -1,0 +1,1 @@
+"""Engagement events ingestion for Supabase, packaged as Google Cloud Functions."""
