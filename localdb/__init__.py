@@ -1,0 +1,1 @@
+"""The project's own Supabase-shaped PostgreSQL for local runs and tests (no Docker)."""
