@@ -93,10 +93,15 @@ class TimestampError(EngagementError):
 
     ``code`` is one of: ``invalid_timestamp``, ``missing_timezone``, ``unknown_timezone``,
     ``nonexistent_local_time`` (inside a DST gap), ``ambiguous_local_time`` (inside a DST
-    overlap), ``timestamp_in_future``.
+    overlap), ``timestamp_in_future``. ``field`` names the input at fault (``timestamp``,
+    ``timezone`` or ``default_timezone``) so callers can build a JSON pointer.
     """
 
     code = "invalid_timestamp"
+
+    def __init__(self, message: str, *, code: str | None = None, field: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.field = field
 
 
 class RateLimited(EngagementError):

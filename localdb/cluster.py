@@ -193,10 +193,13 @@ class Cluster:
         self.stop()
 
 
-def _as_account(account: pwd.struct_passwd | None) -> dict[str, int]:
+def _as_account(
+    account: pwd.struct_passwd | None,
+) -> tuple[int | None, int | None, list[int] | None]:
+    """subprocess's user, group and extra_groups that run a child as `account` (or as us)."""
     if account is None:
-        return {}
-    return {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
+        return None, None, None
+    return account.pw_uid, account.pw_gid, []
 
 
 def start(
@@ -218,6 +221,7 @@ def start(
     if account is not None:
         os.chown(basedir, account.pw_uid, account.pw_gid)
     datadir = basedir / "data"
+    uid, gid, groups = _as_account(account)
     env = {**os.environ, "LC_ALL": "C.UTF-8", "TZ": "UTC"}
     try:
         subprocess.run(
@@ -236,7 +240,9 @@ def start(
             capture_output=True,
             cwd=basedir,
             env=env,
-            **_as_account(account),  # type: ignore[arg-type]
+            user=uid,
+            group=gid,
+            extra_groups=groups,
         )
     except subprocess.CalledProcessError as exc:
         shutil.rmtree(basedir, ignore_errors=True)
@@ -267,7 +273,9 @@ def start(
             cwd=basedir,
             env=env,
             start_new_session=True,
-            **_as_account(account),  # type: ignore[arg-type]
+            user=uid,
+            group=gid,
+            extra_groups=groups,
         )
         log.close()
         cluster = Cluster(bindir, basedir, port, process, account)

@@ -102,7 +102,9 @@ def parse(path: Path, output: str, exit_code: int = 0, stderr: str = "") -> TapR
             run.planned = int(match["count"])
         elif match := TAP_LINE.match(line):
             flush()
-            pending = Assertion(int(match["number"]), match["ok"] == "ok", match["description"] or "")
+            pending = Assertion(
+                int(match["number"]), match["ok"] == "ok", match["description"] or ""
+            )
         elif line.startswith("#") and pending is not None:
             notes.append(line)
     flush()

@@ -25,7 +25,9 @@ class Database:
     cluster: localcluster.Cluster
     name: str
 
-    def connect(self, user: str = "postgres", *, autocommit: bool = True) -> psycopg.Connection[Any]:
+    def connect(
+        self, user: str = "postgres", *, autocommit: bool = True
+    ) -> psycopg.Connection[Any]:
         return self.cluster.connect(user, self.name, autocommit=autocommit)
 
     @property

@@ -25,7 +25,8 @@ def test_there_are_pgtap_files() -> None:
 def test_pgtap_file(db: Database, path: Path) -> None:
     run = pgtap.run_file(db.cluster, db.name, path)
     assert run.passed, run.summary()
-    assert run.planned and run.planned > 0
+    assert run.planned is not None
+    assert run.planned > 0
 
 
 def test_parser_reports_failures_and_short_runs() -> None:
@@ -34,4 +35,5 @@ def test_parser_reports_failures_and_short_runs() -> None:
     assert not run.passed
     assert [a.description for a in run.failures] == ["second"]
     assert run.failures[0].diagnostics == ("# Failed test 2", "#   have: 1")
-    assert run.planned == 3 and len(run.assertions) == 2
+    assert run.planned == 3
+    assert len(run.assertions) == 2
