@@ -1,8 +1,10 @@
-"""`python -m localdb`: run the local Supabase-shaped database until interrupted.
+"""`python -m localdb`: run the project locally until interrupted.
 
 Starts a throwaway PostgreSQL, prepares the `postgres` database the way Supabase does, applies
-supabase/migrations/* and the seed as the `postgres` role, prints how to connect, and waits.
-Ctrl-C (or SIGTERM) stops the server and removes every file it wrote.
+supabase/migrations/* and the seed as the `postgres` role, then serves the three functions with
+functions-framework on loopback ports, writing through the direct sink, and prints a ready
+`curl` with a service-role token minted for this run's JWT secret. Ctrl-C (or SIGTERM) stops
+everything and removes every file the database wrote.
 """
 
 from __future__ import annotations
@@ -14,12 +16,16 @@ import threading
 from types import FrameType
 
 from localdb import cluster as localcluster
+from localdb import functions_local
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m localdb", description=__doc__)
     parser.add_argument(
         "--no-seed", action="store_true", help="apply the migrations only, not the seed"
+    )
+    parser.add_argument(
+        "--no-functions", action="store_true", help="run the database only, not the functions"
     )
     args = parser.parse_args(argv)
 
@@ -31,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
 
+    servers: list[functions_local.FunctionServer] = []
     print("Starting a throwaway Supabase-shaped PostgreSQL ...", flush=True)
     try:
         db = localcluster.start(durable=True)
@@ -45,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
             ).fetchone()
         events, users = row if row else (0, 0)
         psql = db.bindir / "psql"
+        if not args.no_functions:
+            servers = functions_local.serve(db.url())
         print(
             f"""
 Local database ready: PostgreSQL {db.bindir.parent.name} on 127.0.0.1:{db.port}
@@ -62,7 +71,7 @@ Try what a signed-in user sees (PostgREST does exactly this per request):
     '{{"sub":"a1a1a1a1-0000-4000-8000-000000000001","role":"authenticated"}}', true);
   select event_type, count(*) from engagement_events group by 1;
   rollback;
-
+{functions_local.describe(servers, db.url()) if servers else ""}
 Press Ctrl-C to stop; the database and its files are removed.""",
             flush=True,
         )
@@ -70,10 +79,15 @@ Press Ctrl-C to stop; the database and its files are removed.""",
             if db.process.poll() is not None:
                 print("error: PostgreSQL exited unexpectedly", file=sys.stderr)
                 return 1
+            if any(server.process.poll() is not None for server in servers):
+                print("error: a function server exited unexpectedly", file=sys.stderr)
+                return 1
     except localcluster.LocalDbError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     finally:
+        for server in servers:
+            server.stop()
         db.stop()
         print("Stopped; local database removed.", flush=True)
     return 0

