@@ -121,14 +121,14 @@ def describe(servers: list[FunctionServer], database_url: str) -> str:
                 {
                     "user_id": "a1a1a1a1-0000-4000-8000-000000000001",
                     "event_type": "app_open",
-                    "timestamp": "2024-12-01T07:30:00",
+                    "timestamp": "2025-06-01T07:30:00",
                     "timezone": "America/New_York",
                     "value": {"platform": "ios", "app_version": "3.5.0"},
                 },
                 {
                     "user_id": "b2b2b2b2-0000-4000-8000-000000000002",
                     "event_type": "steps_import",
-                    "timestamp": "2024-12-01T23:00:00Z",
+                    "timestamp": "2025-06-01T23:00:00Z",
                     "value": {"steps": 8421, "source": "google_fit"},
                 },
             ]
@@ -147,7 +147,7 @@ def describe(servers: list[FunctionServer], database_url: str) -> str:
         "",
         "Then see them arrive:",
         f'  psql "{database_url}" -c "select user_id, timestamp, event_type, value'
-        " from engagement_events where timestamp >= '2024-12-01' order by timestamp\"",
+        " from engagement_events where timestamp >= '2025-01-01' order by timestamp\"",
         "",
         "Check the token, convert a timestamp:",
         f'  curl -sS {by_target["verify_service_jwt"].url} -H "Authorization: Bearer $TOKEN"',

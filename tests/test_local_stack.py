@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import psycopg
@@ -248,6 +249,24 @@ def test_local_run_command_serves_the_seeded_database_and_cleans_up() -> None:
         with psycopg.connect(match[1]) as conn:
             assert conn.execute("select count(*) from public.engagement_events").fetchone() == (
                 5000,
+            )
+        # The printed curl works: same URL, token and batch, and the events arrive.
+        token = re.search(r"export TOKEN=(\S+)", text)
+        url = re.search(r"curl -sS -X POST (\S+)", text)
+        batch = re.search(r"-d '(.+)'", text)
+        assert token, text
+        assert url, text
+        assert batch, text
+        request = urllib.request.Request(  # noqa: S310 - loopback URL the command printed
+            url[1],
+            data=batch[1].encode(),
+            headers={"Authorization": f"Bearer {token[1]}", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as answer:  # noqa: S310
+            assert json.loads(answer.read())["inserted"] == 2
+        with psycopg.connect(match[1]) as conn:
+            assert conn.execute("select count(*) from public.engagement_events").fetchone() == (
+                5002,
             )
     finally:
         process.send_signal(signal.SIGINT)
