@@ -141,7 +141,8 @@ class PostgresSink:
         self, rows: Sequence[EventRow], *, atomic: bool, deadline: float
     ) -> WriteResult:
         with self._connection(deadline) as conn, conn.transaction():
-            budget_ms = int(remaining(deadline) * 1000) - 50
+            # Keep a quarter second in hand for the round trip and for raising the error.
+            budget_ms = int((remaining(deadline) - 0.25) * 1000)
             if budget_ms <= 0:
                 raise out_of_time()
             conn.execute(

@@ -50,7 +50,7 @@ _TRANSIENT_CODES = frozenset({"PGRST000", "PGRST001", "PGRST002", "PGRST003"})
 _TRANSIENT_STATUSES = frozenset({408, 429})
 # Time kept in hand so that the error itself is raised before the deadline, and the least
 # time worth starting a request with.
-_MARGIN_S = 0.1
+_MARGIN_S = 0.25
 _MIN_ATTEMPT_S = 0.05
 
 
