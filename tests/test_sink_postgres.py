@@ -8,7 +8,6 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,37 +17,9 @@ from functions.errors import StoreError, StoreUnavailable
 from functions.sinks import WriteResult
 from functions.sinks.postgres import PostgresSink
 from tests.conftest import Database
+from tests.sink_rows import ANA, BEN, NOBODY, row, soon
 
 pytestmark = pytest.mark.db
-
-ANA = uuid.UUID("a1a1a1a1-0000-4000-8000-000000000001")
-BEN = uuid.UUID("b2b2b2b2-0000-4000-8000-000000000002")
-NOBODY = uuid.UUID("99999999-0000-4000-8000-000000000009")
-
-
-@dataclass(frozen=True)
-class Row:
-    id: uuid.UUID
-    user_id: uuid.UUID
-    timestamp: datetime
-    event_type: str
-    value: dict[str, Any]
-
-
-def row(user: uuid.UUID = ANA, **changes: Any) -> Row:
-    fields: dict[str, Any] = {
-        "id": uuid.uuid4(),
-        "user_id": user,
-        "timestamp": datetime(2024, 11, 3, 6, 30, 15, 123456, tzinfo=UTC),
-        "event_type": "app_open",
-        "value": {"source": "watch"},
-    }
-    fields.update(changes)
-    return Row(**fields)
-
-
-def soon(seconds: float = 10.0) -> float:
-    return time.monotonic() + seconds
 
 
 @pytest.fixture

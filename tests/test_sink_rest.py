@@ -15,7 +15,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -26,39 +25,20 @@ import pytest
 from functions.errors import StoreError, StoreUnavailable
 from functions.sinks import WriteResult
 from functions.sinks.rest import RestSink
+from tests import sink_rows
 from tests.conftest import Database
+from tests.sink_rows import ANA, BEN, NOBODY, Row, soon
 
-ANA = uuid.UUID("a1a1a1a1-0000-4000-8000-000000000001")
-BEN = uuid.UUID("b2b2b2b2-0000-4000-8000-000000000002")
-NOBODY = uuid.UUID("99999999-0000-4000-8000-000000000009")
 KEY = "service-role-key-for-tests"
 TABLE_PATH = "/rest/v1/engagement_events"
 RPC_PATH = "/rest/v1/rpc/engagement_unknown_user_ids"
 
 
-@dataclass(frozen=True)
-class Row:
-    id: uuid.UUID
-    user_id: uuid.UUID
-    timestamp: datetime
-    event_type: str
-    value: dict[str, Any]
-
-
 def row(user: uuid.UUID = ANA, **changes: Any) -> Row:
-    fields: dict[str, Any] = {
-        "id": uuid.uuid4(),
-        "user_id": user,
-        "timestamp": datetime(2024, 11, 3, 6, 30, 15, 123456, tzinfo=UTC),
-        "event_type": "steps_import",
-        "value": {"steps": 8421},
-    }
-    fields.update(changes)
-    return Row(**fields)
-
-
-def soon(seconds: float = 10.0) -> float:
-    return time.monotonic() + seconds
+    """A steps_import row unless told otherwise."""
+    return sink_rows.row(
+        user, **{"event_type": "steps_import", "value": {"steps": 8421}, **changes}
+    )
 
 
 @dataclass(frozen=True)
