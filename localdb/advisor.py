@@ -40,6 +40,21 @@ class Finding:
     detail: str
 
 
+def _security_definer_executable(role: str) -> tuple[str, str, str]:
+    """The lint for SECURITY DEFINER functions in exposed schemas that `role` may execute."""
+    return (
+        f"{role}_security_definer_function_executable",
+        "WARN",
+        r"""
+        select format('%I.%I(%s)', n.nspname, p.proname, pg_get_function_identity_arguments(p.oid)),
+               'security definer function is executable by ROLE through the API'
+        from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+        where p.prosecdef and n.nspname = any(string_to_array(current_setting('advisor.exposed_schemas'), ',')::name[])
+          and has_function_privilege('ROLE', p.oid, 'execute')
+        """.replace("ROLE", role),
+    )
+
+
 # Each lint: (name, level, query). Queries take string_to_array(current_setting('advisor.exposed_schemas'), ',')::name[] and string_to_array(current_setting('advisor.platform_schemas'), ',')::name[] and return rows of
 # (object, detail).
 LINTS: tuple[tuple[str, str, str], ...] = (
@@ -127,28 +142,7 @@ LINTS: tuple[tuple[str, str, str], ...] = (
                or has_table_privilege('authenticated', c.oid, 'select'))
         """,
     ),
-    (
-        "anon_security_definer_function_executable",
-        "WARN",
-        r"""
-        select format('%I.%I(%s)', n.nspname, p.proname, pg_get_function_identity_arguments(p.oid)),
-               'security definer function is executable by anon through the API'
-        from pg_proc p join pg_namespace n on n.oid = p.pronamespace
-        where p.prosecdef and n.nspname = any(string_to_array(current_setting('advisor.exposed_schemas'), ',')::name[])
-          and has_function_privilege('anon', p.oid, 'execute')
-        """,
-    ),
-    (
-        "authenticated_security_definer_function_executable",
-        "WARN",
-        r"""
-        select format('%I.%I(%s)', n.nspname, p.proname, pg_get_function_identity_arguments(p.oid)),
-               'security definer function is executable by authenticated through the API'
-        from pg_proc p join pg_namespace n on n.oid = p.pronamespace
-        where p.prosecdef and n.nspname = any(string_to_array(current_setting('advisor.exposed_schemas'), ',')::name[])
-          and has_function_privilege('authenticated', p.oid, 'execute')
-        """,
-    ),
+    *(_security_definer_executable(role) for role in ("anon", "authenticated")),
     (
         "extension_in_public",
         "WARN",
