@@ -24,6 +24,8 @@ DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 DEFAULT_MAX_EVENT_BYTES = 64 * 1024
 DEFAULT_FUTURE_SKEW_SECONDS = 300
 DEFAULT_TIME_BUDGET_SECONDS = 50.0
+DEFAULT_RATE_LIMIT_REQUESTS_PER_MINUTE = 600
+DEFAULT_RATE_LIMIT_EVENTS_PER_MINUTE = 600_000
 
 SECRET_VARIABLES = ("SUPABASE_SERVICE_ROLE_KEY", "SUPABASE_JWT_SECRET", "DATABASE_URL")
 
@@ -66,6 +68,14 @@ class Settings:
     time_budget_seconds: float = DEFAULT_TIME_BUDGET_SECONDS
     """How long a request may spend writing, retries included; keep it under the function's
     timeout."""
+
+    rate_limit_requests_per_minute: int = DEFAULT_RATE_LIMIT_REQUESTS_PER_MINUTE
+    """batch_import requests one caller may make per minute, across all instances (429 above
+    it); 0 turns the limit off."""
+
+    rate_limit_events_per_minute: int = DEFAULT_RATE_LIMIT_EVENTS_PER_MINUTE
+    """Events one caller may send to batch_import per minute; 0 turns the limit off. Must be
+    at least MAX_BATCH_EVENTS, or a full batch could never pass."""
 
     @property
     def sink(self) -> Literal["postgres", "rest"] | None:
@@ -126,6 +136,12 @@ class Settings:
             time_budget_seconds=float(
                 _positive_int(env, "TIME_BUDGET_SECONDS", int(DEFAULT_TIME_BUDGET_SECONDS))
             ),
+            rate_limit_requests_per_minute=_count(
+                env, "RATE_LIMIT_REQUESTS_PER_MINUTE", DEFAULT_RATE_LIMIT_REQUESTS_PER_MINUTE
+            ),
+            rate_limit_events_per_minute=_count(
+                env, "RATE_LIMIT_EVENTS_PER_MINUTE", DEFAULT_RATE_LIMIT_EVENTS_PER_MINUTE
+            ),
         )
         if not (settings.jwt_secret or settings.jwks_url or settings.secret_keys):
             raise ConfigError(
@@ -137,12 +153,28 @@ class Settings:
                 "batch_import has nowhere to write: set DATABASE_URL (direct sink) or "
                 "SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY (REST sink)"
             )
+        if 0 < settings.rate_limit_events_per_minute < settings.max_batch_events:
+            raise ConfigError(
+                "RATE_LIMIT_EVENTS_PER_MINUTE must be 0 (off) or at least MAX_BATCH_EVENTS "
+                f"({settings.max_batch_events}), or a full batch could never pass"
+            )
         if settings.max_event_bytes > settings.max_body_bytes:
             raise ConfigError("MAX_EVENT_BYTES must not exceed MAX_BODY_BYTES")
         return settings
 
 
 def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
+    return _whole(env, name, default, minimum=1, requirement="greater than zero")
+
+
+def _count(env: Mapping[str, str], name: str, default: int) -> int:
+    """A whole number of zero or more (zero: the limit is off)."""
+    return _whole(env, name, default, minimum=0, requirement="0 (off) or more")
+
+
+def _whole(
+    env: Mapping[str, str], name: str, default: int, *, minimum: int, requirement: str
+) -> int:
     raw = env.get(name)
     if raw is None or raw.strip() == "":
         return default
@@ -150,8 +182,8 @@ def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
         value = int(raw)
     except ValueError:
         raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
-    if value <= 0:
-        raise ConfigError(f"{name} must be greater than zero, got {value}")
+    if value < minimum:
+        raise ConfigError(f"{name} must be {requirement}, got {value}")
     return value
 
 

@@ -7,6 +7,7 @@ settings and on first use for clients, and reused by every request this instance
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import os
@@ -18,7 +19,7 @@ from typing import Any
 
 import flask
 
-from functions import http, log, timestamps, validation
+from functions import dead_letter, http, log, timestamps, validation
 from functions.config import Settings
 from functions.errors import (
     AuthError,
@@ -26,6 +27,8 @@ from functions.errors import (
     MalformedRequest,
     NotServiceRole,
     PayloadTooLarge,
+    RateLimited,
+    StoreError,
     TimestampError,
 )
 from functions.service_auth import Credential, ServiceAuthenticator, bearer_token
@@ -128,7 +131,7 @@ def batch_import(request: flask.Request) -> flask.Response:
 
 def _batch_import(request: flask.Request, st: _State, request_id: str) -> flask.Response:
     http.require_method(request, "POST")
-    _authenticate(request, st)
+    credential = _authenticate(request, st)
     settings = st.settings
     body = http.read_json(request, max_body_bytes=settings.max_body_bytes)
     envelope = validation.parse_envelope(body)
@@ -136,6 +139,8 @@ def _batch_import(request: flask.Request, st: _State, request_id: str) -> flask.
         raise PayloadTooLarge(
             f"the batch has {len(envelope.events)} events; the limit is {settings.max_batch_events}"
         )
+    deadline = time.monotonic() + settings.time_budget_seconds
+    _take_rate_limit(st, _caller_of(request, credential), len(envelope.events), deadline)
     received_at = datetime.now(UTC)
     skew = timedelta(seconds=settings.future_skew_seconds)
     oversized = _oversized_events(envelope.events, request, settings.max_event_bytes)
@@ -162,12 +167,30 @@ def _batch_import(request: flask.Request, st: _State, request_id: str) -> flask.
     atomic = envelope.mode == "atomic"
     inserted = duplicates = 0
     if valid and not (atomic and rejected):
-        deadline = time.monotonic() + settings.time_budget_seconds
         result = st.sink.write(valid, atomic=atomic, deadline=deadline)
         inserted, duplicates = result.inserted, result.duplicates
         for position in result.unknown_users:
             rejected.append(_unknown_user_rejection(positions[position], envelope.events))
     rejected.sort(key=lambda r: r.index)
+    dead_lettered = 0
+    if rejected:
+        failures = [
+            dead_letter.failure_record(
+                r,
+                envelope.events[r.index],
+                request_id=request_id,
+                credential_type=credential.key_type,
+                default_timezone=envelope.default_timezone,
+            )
+            for r in rejected
+        ]
+        try:
+            dead_lettered = st.sink.record_failures(failures, deadline=deadline)
+        except StoreError as exc:
+            # The valid events may already be committed; say so, so that the caller knows
+            # its retry (idempotent) completes the batch.
+            exc.stored = inserted + duplicates
+            raise
     status = 422 if rejected and (atomic or inserted + duplicates == 0) else 200
     response = http.json_response(
         {
@@ -183,9 +206,41 @@ def _batch_import(request: flask.Request, st: _State, request_id: str) -> flask.
         "inserted": inserted,
         "duplicates": duplicates,
         "rejected": len(rejected),
+        "dead_lettered": dead_lettered,
         "mode": envelope.mode,
     }
     return response
+
+
+def _caller_of(request: flask.Request, credential: Credential) -> str:
+    """Whom the rate limit counts: one caller per secret key, per JWT subject, and one for all
+    service-role JWTs without a subject. A hash, so the database never sees a credential."""
+    if credential.key_type == "secret_key":
+        identity = _credential_of(request)
+    else:
+        identity = credential.subject or "service_role"
+    digest = hashlib.sha256(f"{credential.key_type}:{identity}".encode()).hexdigest()
+    return f"{credential.key_type}:{digest[:32]}"
+
+
+def _take_rate_limit(st: _State, caller: str, events: int, deadline: float) -> None:
+    settings = st.settings
+    if not (settings.rate_limit_requests_per_minute or settings.rate_limit_events_per_minute):
+        return
+    wait = st.sink.take_rate_limit(
+        caller,
+        events,
+        requests_per_minute=settings.rate_limit_requests_per_minute,
+        events_per_minute=settings.rate_limit_events_per_minute,
+        deadline=deadline,
+    )
+    if wait > 0:
+        raise RateLimited(
+            "this caller is over its rate limit of "
+            f"{settings.rate_limit_requests_per_minute} requests or "
+            f"{settings.rate_limit_events_per_minute} events per minute; retry in {wait} s",
+            retry_after=wait,
+        )
 
 
 def _oversized_events(events: list[Any], request: flask.Request, limit: int) -> set[int]:

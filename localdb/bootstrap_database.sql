@@ -55,8 +55,9 @@ create table auth.users (
 );
 create unique index users_email_partial_key on auth.users (email) where is_sso_user = false;
 alter table auth.users owner to supabase_auth_admin;
--- Seeds and tests run as `postgres`, which on Supabase may read and write auth.users.
-grant select, insert, update, delete, references on auth.users to postgres;
+-- Seeds and tests run as `postgres`, which on Supabase holds every privilege on auth.users
+-- (TRIGGER included: projects attach triggers to it) without owning it.
+grant all on auth.users to postgres;
 
 -- The request helpers as GoTrue defines them: the older per-claim settings first, then the
 -- `request.jwt.claims` JSON that PostgREST sets per request.

@@ -28,6 +28,7 @@ from functions.errors import StoreError, StoreUnavailable
 
 __all__ = [
     "EventRow",
+    "FailureRecord",
     "Sink",
     "WriteResult",
     "out_of_time",
@@ -66,6 +67,37 @@ class WriteResult:
     """Positions (in the rows given) whose user_id is not in auth.users; these were not written."""
 
 
+@dataclass(frozen=True)
+class FailureRecord:
+    """One rejected event, as the dead-letter store keeps it (health data: never logged)."""
+
+    request_id: str
+    credential_type: str
+    """How the caller authenticated: ``legacy_jwt``, ``jwks`` or ``secret_key``."""
+    index: int
+    """The event's position in its request."""
+    event: str
+    """The event exactly as sent, as ASCII-escaped JSON text."""
+    errors: tuple[dict[str, str], ...]
+    """Every problem found: ``{"path": <JSON pointer>, "message": ...}``."""
+    event_id: str | None = None
+    user_id: str | None = None
+    default_timezone: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        """The element ``public.record_engagement_failures(failures jsonb)`` expects."""
+        return {
+            "request_id": self.request_id,
+            "credential_type": self.credential_type,
+            "index": self.index,
+            "event_id": self.event_id,
+            "user_id": self.user_id,
+            "event": self.event,
+            "errors": list(self.errors),
+            "default_timezone": self.default_timezone,
+        }
+
+
 class Sink(Protocol):
     """Writes batches of events; one instance lives for the whole process and is thread-safe."""
 
@@ -74,6 +106,30 @@ class Sink(Protocol):
 
         ``atomic=True`` writes every row or none: if any row has an unknown user nothing is
         written and ``inserted`` is 0. ``atomic=False`` writes the rows whose user exists.
+        """
+        ...
+
+    def record_failures(self, failures: Sequence[FailureRecord], *, deadline: float) -> int:
+        """Keep rejected events in the dead-letter store; return how many were new there.
+
+        Repeats of a failure already stored (a retried batch) raise its attempt count instead
+        of adding a row, so calling this again with the same failures is harmless.
+        """
+        ...
+
+    def take_rate_limit(
+        self,
+        caller: str,
+        events: int,
+        *,
+        requests_per_minute: int,
+        events_per_minute: int,
+        deadline: float,
+    ) -> int:
+        """Count one request of ``events`` events for ``caller`` in the current minute.
+
+        Returns 0 when it is allowed, else the seconds to wait (nothing was counted). The
+        count lives in the database, so it holds across every instance of the function.
         """
         ...
 

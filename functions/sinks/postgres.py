@@ -23,14 +23,21 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 
 from functions.errors import StoreError, StoreUnavailable
-from functions.sinks import EventRow, WriteResult, out_of_time, refusal, remaining
+from functions.sinks import (
+    EventRow,
+    FailureRecord,
+    WriteResult,
+    out_of_time,
+    refusal,
+    remaining,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +60,11 @@ insert into public.engagement_events (id, user_id, "timestamp", event_type, valu
 select id, user_id, "timestamp", event_type, value from engagement_events_incoming
 on conflict (id) do nothing
 """
+
+_RECORD_FAILURES = "select public.record_engagement_failures(%s::jsonb)"
+_TAKE_RATE_LIMIT = "select public.take_engagement_rate_limit(%s, %s, %s, %s)"
+
+_T = TypeVar("_T")
 
 # SQLSTATEs worth another attempt on a fresh connection or transaction: connection
 # exceptions (08), server shutting down or starting (57P01-57P03), out of resources (53),
@@ -93,11 +105,48 @@ class PostgresSink:
     def write(self, rows: Sequence[EventRow], *, atomic: bool, deadline: float) -> WriteResult:
         if not rows:
             return WriteResult(inserted=0, duplicates=0, unknown_users=())
+        return self._retrying(
+            lambda conn: self._write_once(conn, rows, atomic=atomic, deadline=deadline),
+            deadline,
+        )
+
+    def record_failures(self, failures: Sequence[FailureRecord], *, deadline: float) -> int:
+        if not failures:
+            return 0
+        document = json.dumps([failure.as_json() for failure in failures])
+
+        def record(conn: psycopg.Connection[Any]) -> int:
+            row = conn.execute(_RECORD_FAILURES, (document,)).fetchone()
+            return int(row[0]) if row and row[0] is not None else 0
+
+        return self._retrying(record, deadline)
+
+    def take_rate_limit(
+        self,
+        caller: str,
+        events: int,
+        *,
+        requests_per_minute: int,
+        events_per_minute: int,
+        deadline: float,
+    ) -> int:
+        def take(conn: psycopg.Connection[Any]) -> int:
+            row = conn.execute(
+                _TAKE_RATE_LIMIT, (caller, events, requests_per_minute, events_per_minute)
+            ).fetchone()
+            return int(row[0]) if row and row[0] is not None else 0
+
+        return self._retrying(take, deadline)
+
+    def _retrying(self, operation: Callable[[psycopg.Connection[Any]], _T], deadline: float) -> _T:
+        """Run ``operation`` in one transaction, again on a fresh connection while transient."""
         attempt = 0
         while True:
             attempt += 1
             try:
-                return self._write_once(rows, atomic=atomic, deadline=deadline)
+                with self._connection(deadline) as conn, conn.transaction():
+                    self._set_timeouts(conn, deadline)
+                    return operation(conn)
             except StoreUnavailable:
                 raise
             except psycopg.Error as exc:
@@ -137,49 +186,55 @@ class PostgresSink:
 
     # -- one attempt ---------------------------------------------------------------------
 
+    def _set_timeouts(self, conn: psycopg.Connection[Any], deadline: float) -> None:
+        # Keep a quarter second in hand for the round trip and for raising the error.
+        budget_ms = int((remaining(deadline) - 0.25) * 1000)
+        if budget_ms <= 0:
+            raise out_of_time()
+        conn.execute(
+            "select set_config('statement_timeout', %s, true),"
+            " set_config('lock_timeout', %s, true)",
+            (
+                str(min(self._statement_timeout_ms, budget_ms)),
+                str(min(self._lock_timeout_ms, budget_ms)),
+            ),
+        )
+
     def _write_once(
-        self, rows: Sequence[EventRow], *, atomic: bool, deadline: float
+        self,
+        conn: psycopg.Connection[Any],
+        rows: Sequence[EventRow],
+        *,
+        atomic: bool,
+        deadline: float,
     ) -> WriteResult:
-        with self._connection(deadline) as conn, conn.transaction():
-            # Keep a quarter second in hand for the round trip and for raising the error.
-            budget_ms = int((remaining(deadline) - 0.25) * 1000)
-            if budget_ms <= 0:
-                raise out_of_time()
-            conn.execute(
-                "select set_config('statement_timeout', %s, true),"
-                " set_config('lock_timeout', %s, true)",
-                (
-                    str(min(self._statement_timeout_ms, budget_ms)),
-                    str(min(self._lock_timeout_ms, budget_ms)),
-                ),
-            )
-            user_ids = list({row.user_id for row in rows})
-            known = {
-                found
-                for (found,) in conn.execute(_UNKNOWN_USERS, (user_ids,)).fetchall()
-                if isinstance(found, uuid.UUID)
-            }
-            unknown = tuple(i for i, row in enumerate(rows) if row.user_id not in known)
-            if unknown and atomic:
-                return WriteResult(inserted=0, duplicates=0, unknown_users=unknown)
-            valid = [row for row in rows if row.user_id in known]
-            if not valid:
-                return WriteResult(inserted=0, duplicates=0, unknown_users=unknown)
-            conn.execute(_STAGE)
-            with conn.cursor() as cursor:
-                with cursor.copy(_COPY) as copy:
-                    for row in valid:
-                        copy.write_row(
-                            (
-                                row.id,
-                                row.user_id,
-                                row.timestamp,
-                                row.event_type,
-                                json.dumps(row.value, ensure_ascii=False),
-                            )
+        user_ids = list({row.user_id for row in rows})
+        known = {
+            found
+            for (found,) in conn.execute(_UNKNOWN_USERS, (user_ids,)).fetchall()
+            if isinstance(found, uuid.UUID)
+        }
+        unknown = tuple(i for i, row in enumerate(rows) if row.user_id not in known)
+        if unknown and atomic:
+            return WriteResult(inserted=0, duplicates=0, unknown_users=unknown)
+        valid = [row for row in rows if row.user_id in known]
+        if not valid:
+            return WriteResult(inserted=0, duplicates=0, unknown_users=unknown)
+        conn.execute(_STAGE)
+        with conn.cursor() as cursor:
+            with cursor.copy(_COPY) as copy:
+                for row in valid:
+                    copy.write_row(
+                        (
+                            row.id,
+                            row.user_id,
+                            row.timestamp,
+                            row.event_type,
+                            json.dumps(row.value, ensure_ascii=False),
                         )
-                cursor.execute(_INSERT)
-                inserted = max(cursor.rowcount, 0)
+                    )
+            cursor.execute(_INSERT)
+            inserted = max(cursor.rowcount, 0)
         return WriteResult(
             inserted=inserted, duplicates=len(valid) - inserted, unknown_users=unknown
         )

@@ -33,7 +33,14 @@ from typing import TYPE_CHECKING, Any, cast
 import httpx
 
 from functions.errors import StoreError, StoreUnavailable
-from functions.sinks import EventRow, WriteResult, out_of_time, refusal, remaining
+from functions.sinks import (
+    EventRow,
+    FailureRecord,
+    WriteResult,
+    out_of_time,
+    refusal,
+    remaining,
+)
 
 if TYPE_CHECKING:
     from postgrest.base_request_builder import RequestConfig
@@ -44,6 +51,8 @@ logger = logging.getLogger(__name__)
 
 TABLE = "engagement_events"
 UNKNOWN_USERS_FUNCTION = "engagement_unknown_user_ids"
+RECORD_FAILURES_FUNCTION = "record_engagement_failures"
+RATE_LIMIT_FUNCTION = "take_engagement_rate_limit"
 
 # PostgREST's codes for "could not reach or use the database": retry like a 503.
 _TRANSIENT_CODES = frozenset({"PGRST000", "PGRST001", "PGRST002", "PGRST003"})
@@ -110,6 +119,37 @@ class RestSink:
         return WriteResult(
             inserted=inserted, duplicates=len(valid) - inserted, unknown_users=unknown
         )
+
+    def record_failures(self, failures: Sequence[FailureRecord], *, deadline: float) -> int:
+        if not failures:
+            return 0
+        # postgrest-py types rpc params as dict[str, str]; PostgREST takes any JSON value.
+        params = cast(dict[str, str], {"failures": [failure.as_json() for failure in failures]})
+        request = self._supabase().rpc(RECORD_FAILURES_FUNCTION, params).request
+        answer = self._send(request, deadline, stored=0)
+        return answer if isinstance(answer, int) else 0
+
+    def take_rate_limit(
+        self,
+        caller: str,
+        events: int,
+        *,
+        requests_per_minute: int,
+        events_per_minute: int,
+        deadline: float,
+    ) -> int:
+        params = cast(
+            dict[str, str],
+            {
+                "caller": caller,
+                "events": events,
+                "requests_per_minute": requests_per_minute,
+                "events_per_minute": events_per_minute,
+            },
+        )
+        request = self._supabase().rpc(RATE_LIMIT_FUNCTION, params).request
+        answer = self._send(request, deadline, stored=0)
+        return answer if isinstance(answer, int) else 0
 
     def close(self) -> None:
         with self._lock:

@@ -2,12 +2,14 @@
 -- Realtime. Runs with `supabase test db` and with the project's pytest suite.
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(58);
+select plan(60);
 
 select has_table('public', 'engagement_events', 'table public.engagement_events exists');
 select columns_are('public', 'engagement_events',
-    array['id', 'user_id', 'timestamp', 'event_type', 'value', 'is_deleted'],
-    'exactly the six designed columns');
+    array['id', 'user_id', 'timestamp', 'event_type', 'value', 'is_deleted', 'deleted_at'],
+    'the six designed columns and deleted_at (20241206), nothing else');
+select col_is_null('public', 'engagement_events', 'deleted_at', 'deleted_at is null while the event is live');
+select col_type_is('public', 'engagement_events', 'deleted_at', 'timestamp with time zone', 'deleted_at is timestamptz');
 
 select col_type_is('public', 'engagement_events', 'id', 'uuid', 'id is uuid');
 select col_type_is('public', 'engagement_events', 'user_id', 'uuid', 'user_id is uuid');
@@ -39,8 +41,9 @@ select results_eq(
 
 select indexes_are('public', 'engagement_events',
     array['engagement_events_pkey', 'idx_engagement_events_user_timestamp',
-          'idx_engagement_events_value', 'idx_engagement_events_event_type'],
-    'the primary key and the three named indexes, nothing else');
+          'idx_engagement_events_value', 'idx_engagement_events_event_type',
+          'idx_engagement_events_deleted_at'],
+    'the primary key, the three named indexes and the purge index, nothing else');
 select is(pg_get_indexdef('public.idx_engagement_events_user_timestamp'::regclass),
     'CREATE INDEX idx_engagement_events_user_timestamp ON public.engagement_events USING btree (user_id, "timestamp" DESC)',
     'timeline index on (user_id, timestamp desc)');
