@@ -230,22 +230,27 @@ def normalise_event(
 
     errors: list[FieldError] = []
     bad_fields: set[str] = _NO_FIELDS
-    if not _EVENT_VALIDATOR.is_valid(event):
-        bad_fields = set()
-        for error in _EVENT_VALIDATOR.iter_errors(event):
-            if error.instance_path:
-                bad_fields.add(str(error.instance_path[0]))
-            errors.extend(_event_errors(error))
-    if (
-        payload_validator is not None
-        and isinstance(value, dict)
-        and not payload_validator.is_valid(value)
-    ):
-        schema = PAYLOAD_SCHEMAS[cast(str, event_type)]
-        errors.extend(
-            _payload_error(error, schema, cast(str, event_type))
-            for error in payload_validator.iter_errors(value)
-        )
+    try:
+        if not _EVENT_VALIDATOR.is_valid(event):
+            bad_fields = set()
+            for error in _EVENT_VALIDATOR.iter_errors(event):
+                if error.instance_path:
+                    bad_fields.add(str(error.instance_path[0]))
+                errors.extend(_event_errors(error))
+        if (
+            payload_validator is not None
+            and isinstance(value, dict)
+            and not payload_validator.is_valid(value)
+        ):
+            schema = PAYLOAD_SCHEMAS[cast(str, event_type)]
+            errors.extend(
+                _payload_error(error, schema, cast(str, event_type))
+                for error in payload_validator.iter_errors(value)
+            )
+    except UnicodeEncodeError:
+        # The compiled validator takes UTF-8 strings only; a lone surrogate (JSON's
+        # "\ud800" escape without its pair) is not Unicode and cannot be stored either.
+        return Rejection(index, None, (FieldError("", _SURROGATE_MESSAGE),))
 
     moment = _resolve_timestamp(
         event, bad_fields, errors, default_timezone, received_at, future_skew
@@ -340,6 +345,12 @@ def _derive_id(
         _NAMESPACE_BYTES + head + canonical_value + b"]"
     ).digest()
     return uuid.UUID(bytes=digest[:16], version=5)
+
+
+_SURROGATE_MESSAGE: Final = (
+    "the event contains an unpaired UTF-16 surrogate (an escape in \\ud800-\\udfff without "
+    "its pair), which is not valid Unicode"
+)
 
 
 class _UnstorableValue(ValueError):
