@@ -235,10 +235,17 @@ def _take_rate_limit(st: _State, caller: str, events: int, deadline: float) -> N
         deadline=deadline,
     )
     if wait > 0:
+        limits = [
+            f"{limit} {unit}"
+            for limit, unit in (
+                (settings.rate_limit_requests_per_minute, "requests"),
+                (settings.rate_limit_events_per_minute, "events"),
+            )
+            if limit
+        ]
         raise RateLimited(
-            "this caller is over its rate limit of "
-            f"{settings.rate_limit_requests_per_minute} requests or "
-            f"{settings.rate_limit_events_per_minute} events per minute; retry in {wait} s",
+            f"this caller is over its rate limit of {' or '.join(limits)} per minute; "
+            f"retry in {wait} s",
             retry_after=wait,
         )
 
