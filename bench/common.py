@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import platform
+import random
 import statistics
 import subprocess
 import sys
@@ -19,9 +20,9 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 
@@ -229,3 +230,159 @@ def print_figures(title: str, rows: Sequence[tuple[str, object]]) -> None:
         shown = f"{value:,.1f}" if isinstance(value, float) else str(value)
         print(f"  {key:<{width}}  {shown}")
     sys.stdout.flush()
+
+
+# --- realistic events --------------------------------------------------------------------------
+
+LOCAL_ZONES = (
+    "America/New_York",
+    "Europe/London",
+    "Europe/Berlin",
+    "Asia/Kathmandu",
+    "Australia/Lord_Howe",
+    "America/Santiago",
+    "America/Los_Angeles",
+    "Asia/Tokyo",
+)
+"""Zones of the users whose devices send local wall-clock times (DST in both hemispheres,
+a 45-minute offset, a 30-minute DST shift)."""
+
+_OFFSETS = ("+01:00", "-05:00", "+05:45", "+10:30", "-03:00", "+00:00", "+09:00")
+
+
+def make_events(
+    count: int,
+    users: Sequence[uuid.UUID],
+    *,
+    seed: int = 1,
+    local_share: float = 0.3,
+    invalid_share: float = 0.0,
+    with_event_id_share: float = 0.5,
+) -> list[dict[str, Any]]:
+    """``count`` events as a wearables integration sends them, JSON-ready and deterministic.
+
+    The three known event types in equal parts, with payloads their schemas accept; half carry
+    an ``event_id``. Timestamps (2024, in the past): ``local_share`` are local wall-clock times
+    without offset and with the event's ``timezone``; of the rest half end in ``Z`` and half
+    carry an offset. ``invalid_share`` of the events are broken in one of the ways senders
+    break them (an unknown payload property, a timestamp in a DST gap, an unknown zone, a
+    malformed timestamp, a wrong type).
+    """
+    rng = random.Random(seed)
+    events: list[dict[str, Any]] = []
+    for n in range(count):
+        kind = n % 3
+        day = rng.randrange(1, 366)
+        moment = datetime(2024, 1, 1, tzinfo=UTC).replace(
+            hour=rng.randrange(24), minute=rng.randrange(60), second=rng.randrange(60)
+        ) + timedelta(days=day - 1)
+        wall = moment.strftime("%Y-%m-%dT%H:%M:%S")
+        event: dict[str, Any] = {"user_id": str(users[n % len(users)])}
+        roll = rng.random()
+        if roll < local_share:
+            # Daytime, away from the night-time hours in which clock changes happen.
+            event["timestamp"] = moment.replace(hour=8 + moment.hour % 14).strftime(
+                "%Y-%m-%dT%H:%M:%S"
+            )
+            event["timezone"] = LOCAL_ZONES[n % len(LOCAL_ZONES)]
+        elif roll < local_share + (1 - local_share) / 2:
+            event["timestamp"] = wall + "Z"
+        else:
+            event["timestamp"] = wall + _OFFSETS[n % len(_OFFSETS)]
+        if kind == 0:
+            event["event_type"] = "app_open"
+            event["value"] = {
+                "platform": ("ios", "android", "web")[n % 3],
+                "app_version": f"3.{n % 7}.{n % 11}",
+                "source": ("launcher", "push_notification", "widget")[n % 3],
+                "cold_start": n % 2 == 0,
+                "launch_duration_ms": rng.randrange(200, 4000),
+            }
+        elif kind == 1:
+            event["event_type"] = "goal_complete"
+            event["value"] = {
+                "goal_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+                "goal_type": ("steps", "workout", "hydration")[n % 3],
+                "target": 10000,
+                "achieved": rng.randrange(10000, 15000),
+                "unit": "steps",
+                "period": "daily",
+                "streak_days": rng.randrange(0, 60),
+            }
+        else:
+            event["event_type"] = "steps_import"
+            event["value"] = {
+                "steps": rng.randrange(0, 30000),
+                "source": ("apple_health", "google_fit", "fitbit", "garmin")[n % 4],
+                "period_start": moment.strftime("%Y-%m-%dT00:00:00Z"),
+                "period_end": moment.strftime("%Y-%m-%dT23:59:59Z"),
+                "device": "Apple Watch Series 9",
+            }
+        if rng.random() < with_event_id_share:
+            event["event_id"] = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+        if invalid_share and rng.random() < invalid_share:
+            _break(event, n)
+        events.append(event)
+    return events
+
+
+def _break(event: dict[str, Any], n: int) -> None:
+    """Make ``event`` invalid in one of five ways senders do."""
+    way = n % 5
+    if way == 0:
+        event["value"] = {**event["value"], "unexpected_property": 1}
+    elif way == 1:
+        event["timestamp"] = "2024-03-10T02:30:00"  # inside the DST gap in New York
+        event["timezone"] = "America/New_York"
+    elif way == 2:
+        event["timestamp"] = event["timestamp"][:19]
+        event["timezone"] = "Mars/Olympus_Mons"
+    elif way == 3:
+        event["timestamp"] = "01/12/2024 07:30"
+    else:
+        event["user_id"] = 12345
+
+
+# --- COPY, the database's own bulk load --------------------------------------------------------
+
+COPY_EVENTS = (
+    'copy public.engagement_events (id, user_id, "timestamp", event_type, value) from stdin'
+)
+
+
+class EventLike(Protocol):
+    """What a validated event has (functions.validation.NormalisedEvent does)."""
+
+    @property
+    def id(self) -> uuid.UUID: ...
+    @property
+    def user_id(self) -> uuid.UUID: ...
+    @property
+    def timestamp(self) -> datetime: ...
+    @property
+    def event_type(self) -> str: ...
+    @property
+    def value(self) -> dict[str, Any]: ...
+
+
+def render_copy(rows: Sequence[EventLike]) -> bytes:
+    """The rows in COPY's text format, ready to stream: what ``psql \\copy`` would send."""
+    lines = []
+    for row in rows:
+        value = json.dumps(row.value, separators=(",", ":"), ensure_ascii=False)
+        # JSON escapes tabs, newlines and control characters itself; COPY's text format
+        # additionally needs each backslash doubled.
+        lines.append(
+            f"{row.id}\t{row.user_id}\t{row.timestamp.isoformat()}\t{row.event_type}\t"
+            f"{value.replace(chr(92), chr(92) * 2)}\n"
+        )
+    return "".join(lines).encode()
+
+
+def copy_rows(db: BenchDatabase, data: bytes) -> float:
+    """Seconds to COPY pre-rendered rows into engagement_events in one transaction."""
+    with db.connect() as conn, conn.cursor() as cur:
+        started = time.perf_counter()
+        with conn.transaction(), cur.copy(COPY_EVENTS) as copy:
+            copy.write(data)
+        return time.perf_counter() - started
