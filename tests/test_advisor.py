@@ -51,7 +51,7 @@ PLANTED = {
         grant execute on function public.peek() to authenticated;
     """,
     "extension_in_public": "create extension pg_trgm with schema public;",
-    "duplicate_index": "create index again_event_type on public.engagement_events (event_type);",
+    "duplicate_index": 'create index again_user_timestamp on public.engagement_events (user_id, "timestamp" desc);',
     "unindexed_foreign_keys": """
         create table public.event_notes (id int primary key, event_id uuid references public.engagement_events (id));
         alter table public.event_notes enable row level security;

@@ -48,8 +48,9 @@ select is(pg_get_indexdef('public.idx_engagement_events_user_timestamp'::regclas
     'CREATE INDEX idx_engagement_events_user_timestamp ON public.engagement_events USING btree (user_id, "timestamp" DESC)',
     'timeline index on (user_id, timestamp desc)');
 select index_is_type('public', 'engagement_events', 'idx_engagement_events_value', 'gin', 'payload index is GIN');
-select has_index('public', 'engagement_events', 'idx_engagement_events_event_type', array['event_type'],
-    'event_type index');
+select is(pg_get_indexdef('public.idx_engagement_events_event_type'::regclass),
+    'CREATE INDEX idx_engagement_events_event_type ON public.engagement_events USING btree (event_type, "timestamp" DESC)',
+    'event_type index on (event_type, timestamp desc) (20241220)');
 
 -- Check constraints, exercised.
 insert into auth.users (id, aud, role, email) values
