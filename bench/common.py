@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import http.client
 import json
 import os
 import platform
 import random
+import secrets
 import statistics
 import subprocess
 import sys
@@ -27,6 +29,7 @@ from typing import Any, Protocol
 import psycopg
 
 from localdb import cluster as localcluster
+from localdb import functions_local
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "bench" / "results"
@@ -386,3 +389,57 @@ def copy_rows(db: BenchDatabase, data: bytes) -> float:
         with conn.transaction(), cur.copy(COPY_EVENTS) as copy:
             copy.write(data)
         return time.perf_counter() - started
+
+
+# --- the functions, served over HTTP ------------------------------------------------------------
+
+
+def serve_function(
+    target: str, database_url: str, *, extra_env: dict[str, str] | None = None
+) -> functions_local.FunctionServer:
+    """``target`` served by functions-framework (gunicorn, as on Cloud Functions) on a free
+    port, writing to ``database_url`` with the direct sink; its log lines are discarded.
+
+    The server's JWT secret is made for this run: mint tokens with
+    ``functions_local.mint_service_token(server.jwt_secret)``. Stop it with ``server.stop()``.
+    """
+    jwt_secret = secrets.token_urlsafe(48)
+    port = localcluster.free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "SUPABASE_JWT_SECRET": jwt_secret,
+        "FUNCTION_TARGET": target,
+        **(extra_env or {}),
+    }
+    env.pop("SUPABASE_URL", None)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "functions_framework",
+            "--source=main.py",
+            f"--target={target}",
+            "--host=127.0.0.1",
+            f"--port={port}",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    server = functions_local.FunctionServer(target, port, process, jwt_secret)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{target} exited with {process.returncode} before answering")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request("GET", "/")
+            conn.getresponse().read()
+            conn.close()
+            return server
+        except OSError:
+            time.sleep(0.02)
+    server.stop()
+    raise RuntimeError(f"{target} did not answer within 60 s")
