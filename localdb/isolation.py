@@ -3,13 +3,15 @@
 Each simulated user has its own connection, logs in as `authenticator` and runs requests the
 way PostgREST does (see localdb.api_roles). For a bounded time every user, interleaved with
 all the others, inserts its own events, reads everything it can see, and tries to read, change,
-soft-delete and insert other users' events. anon sessions try to read and write; service_role
-sessions insert events for random users. Every row any user reads is checked against its
+soft-delete and insert other users' events, read their dead-lettered failures and erase their
+data. anon sessions try to read and write both; service_role sessions insert events for random
+users and dead-letter failures as the functions do. Every row any user reads is checked against its
 owner; at the end each user's visible set must be exactly the rows that belong to it.
 """
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
@@ -138,6 +140,14 @@ def run(
                         "delete another user's events",
                         "delete from public.engagement_events where user_id = %s",
                     ),
+                    (
+                        "read another user's dead-lettered failures",
+                        "select count(*) from private.engagement_event_failures where user_id = %s",
+                    ),
+                    (
+                        "erase another user's data",
+                        "select public.erase_engagement_user(%s)",
+                    ),
                 ):
                     try:
                         with request_as(conn, "authenticated", me):
@@ -158,6 +168,11 @@ def run(
                         f" values ('{ids[0]}', 'app_open')",
                     ),
                     ("anon soft-delete", "update public.engagement_events set is_deleted = true"),
+                    (
+                        "anon read dead-lettered failures",
+                        "select count(*) from private.engagement_event_failures",
+                    ),
+                    ("anon erase a user", f"select public.erase_engagement_user('{ids[0]}')"),
                 ):
                     try:
                         with request_as(conn, "anon"):
@@ -181,6 +196,21 @@ def run(
                 with lock:
                     owned[target].add(event)
                 record("service_role insert for a user")
+                # The functions' dead-letter path, as service_role, alongside everything else.
+                failure = {
+                    "request_id": f"isolation-{event}",
+                    "credential_type": "legacy_jwt",
+                    "index": 0,
+                    "user_id": target,
+                    "event": json.dumps({"user_id": target, "event_type": "Bad"}),
+                    "errors": [{"path": "/event_type", "message": "isolation run"}],
+                }
+                with request_as(conn, "service_role"):
+                    conn.execute(
+                        "select public.record_engagement_failures(%s::jsonb)",
+                        (json.dumps([failure]),),
+                    )
+                record("service_role dead-letter a failure")
 
     def guarded(target: Any, *args: Any) -> None:
         try:
