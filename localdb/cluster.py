@@ -93,6 +93,8 @@ class Cluster:
     process: subprocess.Popen[bytes]
     account: pwd.struct_passwd | None
     _clones: int = field(default=0)
+    argv: tuple[str, ...] = ()
+    """The server's command line, kept so that `start_server()` can bring it back as it was."""
 
     @property
     def datadir(self) -> Path:
@@ -173,6 +175,37 @@ class Cluster:
         with self.admin() as admin:
             admin.execute(
                 sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(dbname))
+            )
+
+    def stop_server(self, mode: str = "fast") -> None:
+        """Shut the server down and keep its data directory, to simulate an outage.
+
+        `fast` (SIGINT) ends every session with 57P01 and checkpoints; `immediate` (SIGQUIT)
+        is a crash: sessions are cut without a checkpoint and the next start runs recovery.
+        """
+        signals = {"fast": signal.SIGINT, "immediate": signal.SIGQUIT}
+        if mode not in signals:
+            raise ValueError(f"mode must be fast or immediate, not {mode!r}")
+        if self.process.poll() is not None:
+            return
+        self.process.send_signal(signals[mode])
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+    def start_server(self) -> None:
+        """Start the server again on the same port and data directory after `stop_server()`."""
+        if self.process.poll() is None:
+            return
+        if not self.argv:
+            raise LocalDbError("this cluster was not started by localdb.cluster.start()")
+        self.process = _spawn(list(self.argv), self.basedir, None, self.account)
+        if not _wait_ready(self, dbname=ADMIN_DB):
+            raise LocalDbError(
+                f"PostgreSQL did not restart on port {self.port}; see its log in the cluster "
+                "directory"
             )
 
     def stop(self) -> None:
@@ -265,20 +298,8 @@ def start(
         argv = [str(bindir / "postgres"), "-D", str(datadir), "-p", str(port)]
         for setting in settings:
             argv += ["-c", setting]
-        log = open(log_to or basedir / "server.log", "ab")  # noqa: SIM115 - handed to the child
-        process = subprocess.Popen(
-            argv,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=basedir,
-            env=env,
-            start_new_session=True,
-            user=uid,
-            group=gid,
-            extra_groups=groups,
-        )
-        log.close()
-        cluster = Cluster(bindir, basedir, port, process, account)
+        process = _spawn(argv, basedir, log_to, account)
+        cluster = Cluster(bindir, basedir, port, process, account, argv=tuple(argv))
         if _wait_ready(cluster):
             break
         cluster.process.kill()
@@ -302,13 +323,37 @@ def start(
     return cluster
 
 
-def _wait_ready(cluster: Cluster, timeout: float = 30.0) -> bool:
+def _spawn(
+    argv: list[str], basedir: Path, log_to: Path | None, account: pwd.struct_passwd | None
+) -> subprocess.Popen[bytes]:
+    """Start the postmaster in its own session, logging to `log_to` or the cluster's log."""
+    uid, gid, groups = _as_account(account)
+    env = {**os.environ, "LC_ALL": "C.UTF-8", "TZ": "UTC"}
+    log = open(log_to or basedir / "server.log", "ab")  # noqa: SIM115 - handed to the child
+    try:
+        return subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=basedir,
+            env=env,
+            start_new_session=True,
+            user=uid,
+            group=gid,
+            extra_groups=groups,
+        )
+    finally:
+        log.close()
+
+
+def _wait_ready(cluster: Cluster, timeout: float = 30.0, *, dbname: str = "postgres") -> bool:
+    """Whether the server accepts connections to `dbname` within `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if cluster.process.poll() is not None:
             return False  # exited: most likely the port was taken meanwhile
         with contextlib.suppress(psycopg.OperationalError):
-            psycopg.connect(cluster.dsn(SUPERUSER), connect_timeout=2).close()
+            psycopg.connect(cluster.dsn(SUPERUSER, dbname), connect_timeout=2).close()
             return True
         time.sleep(0.05)
     return False

@@ -4,9 +4,12 @@ Why it looks the way it does:
 
 - Connections are opened lazily on the first write and kept in a small pool shared by the
   threads of the process (Cloud Functions gen2 serves concurrent requests in one process).
-  A connection that broke (idle timeout, failover, ``pg_terminate_backend``) is thrown away
-  and the write is retried on a fresh one while the time budget allows, so a lost connection
-  never needs a redeploy.
+  A connection that broke (idle timeout, failover, ``pg_terminate_backend``) is thrown away,
+  with every idle one (after a restart they are all dead), and the write is retried on a
+  fresh one while the time budget allows, so a lost connection never needs a redeploy.
+- A connection the server refuses for good (wrong password, unknown role or database) is a
+  :class:`StoreError` (502), not retried; only unreachable, starting or full servers are
+  transient (503).
 - ``prepare_threshold=None``: no server-side prepared statements, so the sink works through
   Supavisor in transaction mode, where consecutive transactions may land on different backends.
 - Unknown users are found inside the write's own transaction, so a user deleted meanwhile
@@ -20,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 import threading
 import time
 import uuid
@@ -55,9 +59,13 @@ create temporary table engagement_events_incoming (
 ) on commit drop
 """
 _COPY = 'copy engagement_events_incoming (id, user_id, "timestamp", event_type, value) from stdin'
+# Rows go in in id order: two writers of overlapping batches (a client retrying from several
+# workers) then wait for each other in one direction only and cannot deadlock, whatever order
+# each batch came in.
 _INSERT = """
 insert into public.engagement_events (id, user_id, "timestamp", event_type, value)
 select id, user_id, "timestamp", event_type, value from engagement_events_incoming
+order by id
 on conflict (id) do nothing
 """
 
@@ -72,6 +80,26 @@ _T = TypeVar("_T")
 _RETRYABLE_PREFIXES = ("08", "53", "57P01", "57P02", "57P03", "40001", "40P01")
 # The statement ran out of time; another attempt would only wait again.
 _TIMEOUTS = ("57014", "55P03")
+# The connection itself is gone (or never came): no sqlstate, 08xxx, or the server shutting
+# down (57P01 admin shutdown, 57P02 crash shutdown, 57P03 cannot connect now).
+_CONNECTION_LOST = ("08", "57P")
+# Connection refusals that no retry fixes (wrong password, unknown role or database, a
+# pg_hba.conf or Supavisor rejection), by the server's message: libpq gives no SQLSTATE for
+# them. Everything else that fails to connect (refused, timed out, starting up, too many
+# clients) is transient.
+_CONNECT_REFUSALS = (
+    (re.compile(r"password authentication failed|no password supplied"), "28P01"),
+    (re.compile(r'role ".*" does not exist|is not permitted to log in|pg_hba\.conf'), "28000"),
+    (re.compile(r"Tenant or user not found"), "28000"),
+    (re.compile(r'database ".*" does not exist'), "3D000"),
+    (re.compile(r"permission denied for database"), "42501"),
+)
+_CONNECT_REFUSALS_EXPLAINED = {
+    "28P01": "wrong password",
+    "28000": "role not allowed to connect",
+    "3D000": "no such database",
+    "42501": "no CONNECT privilege",
+}
 
 
 class PostgresSink:
@@ -166,10 +194,16 @@ class PostgresSink:
                 # Nothing was committed: the transaction rolled back with the error. (A
                 # connection lost during COMMIT leaves the outcome unknown; the retry is safe
                 # because the insert ignores ids already stored.)
+                if code is None or code.startswith(_CONNECTION_LOST):
+                    # The server went away or restarted: every pooled connection to it is
+                    # dead too, and each would cost an attempt. Start afresh.
+                    self._discard_idle()
                 pause = min(0.05 * 2**attempt, 1.0) * random.uniform(0.5, 1.0)  # noqa: S311 - jitter
                 if attempt >= self._max_attempts or remaining(deadline) <= pause + 0.1:
                     raise StoreUnavailable(
-                        "the database is unreachable or the connection was lost",
+                        "the write kept conflicting with concurrent transactions"
+                        if code and code.startswith("40")
+                        else "the database is unreachable or the connection was lost",
                         code=code or "08006",
                     ) from exc
                 logger.warning(
@@ -179,6 +213,9 @@ class PostgresSink:
                 time.sleep(pause)
 
     def close(self) -> None:
+        self._discard_idle()
+
+    def _discard_idle(self) -> None:
         with self._lock:
             idle, self._idle = self._idle, []
         for conn in idle:
@@ -280,14 +317,35 @@ class PostgresSink:
     def _connect(self, deadline: float) -> psycopg.Connection[Any]:
         # libpq counts connect_timeout in whole seconds and treats anything below 2 as 2.
         timeout = max(2, min(self._connect_timeout_s, int(remaining(deadline))))
-        conn = psycopg.connect(
-            self._url,
-            autocommit=True,
-            prepare_threshold=None,
-            connect_timeout=timeout,
-            application_name=self.application_name,
-        )
-        return conn
+        try:
+            return psycopg.connect(
+                self._url,
+                autocommit=True,
+                prepare_threshold=None,
+                connect_timeout=timeout,
+                application_name=self.application_name,
+            )
+        except psycopg.OperationalError as exc:
+            code = _connect_refusal_code(str(exc))
+            if code is None:
+                raise  # unreachable, starting up, full: transient
+            raise StoreError(
+                "the database refused the connection settings of DATABASE_URL "
+                f"({_CONNECT_REFUSALS_EXPLAINED[code]}); retrying will not help",
+                code=code,
+            ) from None
+
+
+def _connect_refusal_code(message: str) -> str | None:
+    """The SQLSTATE of a connection the server refused for good, else None.
+
+    libpq does not expose the SQLSTATE of a failed connection, only the server's message
+    (English on Supabase), so the refusals that retrying cannot fix are told by their text.
+    """
+    for pattern, code in _CONNECT_REFUSALS:
+        if pattern.search(message):
+            return code
+    return None
 
 
 def _refusal(exc: psycopg.Error) -> StoreError:
