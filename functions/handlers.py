@@ -6,6 +6,7 @@ settings and on first use for clients, and reused by every request this instance
 
 from __future__ import annotations
 
+import base64
 import functools
 import hashlib
 import json
@@ -35,6 +36,9 @@ from functions.service_auth import Credential, ServiceAuthenticator, bearer_toke
 from functions.sinks import Sink
 
 logger = logging.getLogger(__name__)
+
+_GOOGLE_ISSUERS = frozenset({"https://accounts.google.com", "accounts.google.com"})
+"""Issuers of the ID tokens Cloud Scheduler (and other Google callers) send."""
 
 
 @dataclass
@@ -111,11 +115,29 @@ def _serve(
 
 
 def _credential_of(request: flask.Request) -> str:
-    """The bearer token, or an `apikey` header as Supabase clients send secret keys."""
+    """The bearer token, or the `apikey` header (as Supabase clients send secret keys) when there
+    is no Authorization header or when it carries a Google ID token: Cloud Scheduler puts its
+    OIDC token there for Cloud Run's IAM check, so its Supabase credential travels in `apikey`."""
     authorization = request.headers.get("Authorization")
-    if authorization is None and request.headers.get("apikey"):
-        return request.headers["apikey"].strip()
+    apikey = request.headers.get("apikey", "").strip()
+    if apikey and (authorization is None or _is_google_id_token(authorization)):
+        return apikey
     return bearer_token(authorization)
+
+
+def _is_google_id_token(authorization: str) -> bool:
+    """Whether the bearer token's (unverified) issuer is Google. It is never used as a
+    credential: it only decides that `apikey` holds the credential to check."""
+    scheme, _, token = authorization.strip().partition(" ")
+    segments = token.strip().split(".")
+    if scheme.lower() != "bearer" or len(segments) != 3:
+        return False
+    payload = segments[1] + "=" * (-len(segments[1]) % 4)
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(payload))
+    except (ValueError, RecursionError):  # not base64url JSON, so not a Google token either
+        return False
+    return isinstance(claims, dict) and claims.get("iss") in _GOOGLE_ISSUERS
 
 
 def _authenticate(request: flask.Request, st: _State) -> Credential:
