@@ -1,0 +1,1 @@
+"""Live checks against a real Supabase project; see conftest.py and docs/live-checks.md."""
