@@ -1,0 +1,102 @@
+"""The benchmarks of docs/performance.md still run: each in --quick mode, as a reader would.
+
+Each runs ``python -m bench NAME --quick`` (what ``scripts/bench.sh`` runs after setup) and
+checks that it printed the machine and its figures and wrote a results file whose rates are
+positive. No timing is asserted: the figures depend on the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.db
+
+
+def _bench(name: str, results_dir: Path) -> tuple[str, dict[str, Any]]:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", name, "--quick", "--results-dir", str(results_dir)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    assert "machine: " in done.stdout
+    assert "PostgreSQL" in done.stdout
+    record = json.loads((results_dir / f"{name}.json").read_text())
+    assert record["benchmark"] == name
+    assert record["quick"] is True
+    assert record["machine"]["cores"] >= 1
+    return done.stdout, record["figures"]
+
+
+def test_ingest_reports_function_and_copy_rates_and_breakdown(tmp_path: Path) -> None:
+    out, figures = _bench("ingest", tmp_path)
+    assert set(figures["sizes"]) == {"500", "1000"}
+    for entry in figures["sizes"].values():
+        assert entry["function_events_per_second"] > 0
+        assert entry["copy_rows_per_second"] > 0
+        assert entry["ratio"] > 0
+    stages = figures["breakdown_per_request"]["ms"]
+    for stage in ("parse", "validate", "convert", "write"):
+        assert stages[stage] > 0, stage
+    assert figures["write_strategies"]
+    assert all(s["rows_per_second"] > 0 for s in figures["write_strategies"].values())
+    assert "events: ratio" in out
+    assert "where one 500-event request's time goes" in out
+
+
+def test_cold_start_reports_import_breakdown_and_lazy_clients(tmp_path: Path) -> None:
+    out, figures = _bench("cold_start", tmp_path)
+    assert figures["import_main_ms_importtime"] > 0
+    assert figures["first_answer_ms"] > 0
+    assert figures["first_stored_event_ms"] >= figures["first_answer_ms"]
+    modules = [m["module"] for m in figures["top_modules_by_cumulative_import"]]
+    assert len(modules) == 15
+    assert "functions.handlers" in modules
+    # The heavy clients are imported when first needed, not by main.py.
+    heavy = figures["heavy_modules_after_import"]
+    assert not [m for m in heavy if m.startswith(("supabase", "google.cloud.secretmanager"))]
+    assert "heavy clients loaded by import main" in out
+
+
+def test_validation_reports_rates_ratios_and_profile(tmp_path: Path) -> None:
+    out, figures = _bench("validation", tmp_path)
+    rates = figures["events_per_second"]
+    for name in (
+        "validate_mixed",
+        "validate_all_local",
+        "validate_all_offset",
+        "copy",
+        "sink_write",
+    ):
+        assert rates[name] > 0, name
+    valid, rejected = figures["valid_rejected_mixed"]
+    assert valid + rejected == figures["events_per_batch"]
+    assert rejected > 0  # the mixed batch carries invalid events on purpose
+    assert figures["ratio_validate_mixed_to_copy"] > 0
+    assert any("normalise_event" in row["function"] for row in figures["profile_mixed"])
+    assert "ratio mixed / COPY" in out
+
+
+def test_unknown_benchmark_is_refused_with_the_list() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "nonsense"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "ingest" in done.stderr
+    assert "validation" in done.stderr
