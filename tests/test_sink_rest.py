@@ -23,7 +23,7 @@ import psycopg
 import pytest
 
 from functions.errors import StoreError, StoreUnavailable
-from functions.sinks import WriteResult
+from functions.sinks import FailureRecord, WriteResult
 from functions.sinks.rest import RestSink
 from tests import sink_rows
 from tests.conftest import Database
@@ -68,6 +68,7 @@ class StandIn:
         self.unknown: set[str] = set()
         self.wrapped_rpc_answer = False
         self.rpc_reply: Reply | None = None  # answers the rpc instead of the stand-in's logic
+        self.other_rpc: dict[str, Reply] = {}  # answers of the other functions, by name
         self.writes: list[Reply | None] = []  # the n-th table write gets writes[n] if given
         self._lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -80,6 +81,9 @@ class StandIn:
     def answer(self, seen: Seen) -> Reply:
         with self._lock:
             self.seen.append(seen)
+            name = seen.path.removeprefix("/rest/v1/rpc/")
+            if name in self.other_rpc:
+                return self.other_rpc[name]
             if seen.path == RPC_PATH and self.rpc_reply is not None:
                 return self.rpc_reply
             if seen.path == RPC_PATH:
@@ -398,6 +402,55 @@ def test_a_missing_unknown_users_function_is_a_refusal(stand_in: StandIn, sink: 
     assert not isinstance(caught.value, StoreUnavailable)
     assert len(stand_in.requests_to(RPC_PATH)) == 1
     assert stand_in.requests_to(TABLE_PATH) == []
+
+
+def test_failures_go_to_the_dead_letter_function_in_one_call(
+    stand_in: StandIn, sink: RestSink
+) -> None:
+    stand_in.other_rpc["record_engagement_failures"] = Reply(200, 2)
+    failures = [
+        FailureRecord(
+            request_id="req-1",
+            credential_type="secret_key",
+            index=index,
+            event=json.dumps({"user_id": str(ANA), "event_type": "Bad"}),
+            errors=({"path": "/event_type", "message": "not lower snake case"},),
+            user_id=str(ANA),
+        )
+        for index in (1, 4)
+    ]
+    assert sink.record_failures(failures, deadline=soon()) == 2
+    (sent,) = stand_in.requests_to("/rest/v1/rpc/record_engagement_failures")
+    assert sent.body == {"failures": [f.as_json() for f in failures]}
+    assert sent.headers["authorization"] == f"Bearer {KEY}"
+    assert sink.record_failures([], deadline=soon()) == 0
+    assert len(stand_in.requests_to("/rest/v1/rpc/record_engagement_failures")) == 1
+
+
+def test_rate_limit_is_asked_of_the_database_and_its_wait_returned(
+    stand_in: StandIn, sink: RestSink
+) -> None:
+    stand_in.other_rpc["take_engagement_rate_limit"] = Reply(200, 17)
+    wait = sink.take_rate_limit(
+        "secret_key:abc", 40, requests_per_minute=600, events_per_minute=0, deadline=soon()
+    )
+    assert wait == 17
+    (sent,) = stand_in.requests_to("/rest/v1/rpc/take_engagement_rate_limit")
+    assert sent.body == {
+        "caller": "secret_key:abc",
+        "events": 40,
+        "requests_per_minute": 600,
+        "events_per_minute": 0,
+    }
+
+
+def test_a_failing_dead_letter_store_is_unavailable(stand_in: StandIn, sink: RestSink) -> None:
+    stand_in.other_rpc["record_engagement_failures"] = Reply(
+        503, postgrest_error("PGRST001", "Database client error")
+    )
+    failure = FailureRecord("req", "legacy_jwt", 0, "{}", ())
+    with pytest.raises(StoreUnavailable):
+        sink.record_failures([failure], deadline=soon())
 
 
 # -- the function behind the rpc, on the real local database ---------------------------------
