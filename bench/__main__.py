@@ -19,6 +19,10 @@ BENCHMARKS: dict[str, str] = {
     "ingest": "bench.ingest",
     "cold_start": "bench.cold_start",
     "validation": "bench.validation",
+    "concurrency": "bench.concurrency",
+    "realtime": "bench.realtime",
+    "queries": "bench.queries",
+    "growth": "bench.growth",
 }
 
 
