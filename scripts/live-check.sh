@@ -65,7 +65,7 @@ host="${host%%/*}"
 rm -f "$report" # a report left from an earlier run must not pass for this one's
 echo "==> live checks against $host (report: $report)"
 status=0
-.venv/bin/python -m pytest tests/live -rs -p no:cacheprovider "$@" || status=$?
+.venv/bin/python -m pytest tests/live -rs --tb=short -p no:cacheprovider "$@" || status=$?
 if [ -f "$report" ]; then
   echo "==> report: $report"
 else

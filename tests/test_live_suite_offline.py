@@ -128,6 +128,7 @@ def test_an_unreachable_project_fails_and_the_report_says_so_without_keys(
     assert "create user A" in text
     assert "**NOT as required**" in text
     assert "FAIL: at least one check did not behave as required." in text
+    assert "(setup) | failed | supabase_auth.errors.AuthRetryableError" in text
     for secret in (FAKE_SERVICE_KEY, FAKE_ANON_KEY, jwt_secret):
         assert secret not in text
         assert secret not in result.stdout + result.stderr
@@ -264,3 +265,18 @@ def test_key_kind_names_the_kind_never_the_key() -> None:
     assert key_kind(FAKE_SERVICE_KEY) == "secret key (sb_secret_...)"
     assert key_kind(FAKE_ANON_KEY) == "publishable key (sb_publishable_...)"
     assert key_kind("nonsense") == "not a recognised Supabase key"
+
+
+def test_a_test_that_failed_before_recording_a_check_fails_the_verdict() -> None:
+    report = LiveReport(project_url="https://abcdefghij.supabase.co")
+    assert report.verdict() == "INCOMPLETE: nothing was checked."
+    report.record("REST", "user A", "select", expected="own rows", ok=True, observed="200")
+    assert report.verdict().startswith("PASS")
+    report.test_outcome(
+        "tests/live/test_rest_rls.py::test_insert_own_rows_only",
+        "failed",
+        "AssertionError: service_role could not seed rows: 403 42501",
+    )
+    text = report.render()
+    assert "| tests/live/test_rest_rls.py::test_insert_own_rows_only | failed |" in text
+    assert text.rstrip().endswith("FAIL: at least one check did not behave as required.")

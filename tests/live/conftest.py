@@ -89,6 +89,35 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         if scrubbed != text:
             result.longrepr = scrubbed
     result.sections = [(title, _scrub(content)) for title, content in result.sections]
+    if _active_report is not None and (
+        result.when == "call" or result.failed or (result.skipped and result.when == "setup")
+    ):
+        _active_report.test_outcome(
+            f"{item.nodeid} ({result.when})" if result.when != "call" else item.nodeid,
+            result.outcome,
+            _outcome_message(result),
+        )
+
+
+def _outcome_message(result: pytest.TestReport) -> str:
+    if result.passed:
+        return ""
+    longrepr = result.longrepr
+    if isinstance(longrepr, tuple):  # a skip: (path, line, reason)
+        return str(longrepr[2])
+    crash = getattr(longrepr, "reprcrash", None)
+    if crash is not None:
+        return str(crash.message)
+    return str(longrepr).strip().splitlines()[-1] if longrepr else ""
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Write the report after every fixture was torn down (the test users' deletion included)."""
+    if _active_report is not None:
+        path = session.config.stash.get(_REPORT_PATH_KEY, None)
+        if path is not None:
+            _active_report.write(path)
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
@@ -146,7 +175,7 @@ def live_env(request: pytest.FixtureRequest) -> LiveEnv:
 
 
 @pytest.fixture(scope="session")
-def report(live_env: LiveEnv) -> Iterator[LiveReport]:
+def report(live_env: LiveEnv) -> LiveReport:
     """The run's record, written when the session ends, whatever the outcome."""
     global _active_report
     record = LiveReport(project_url=live_env.url)
@@ -160,10 +189,7 @@ def report(live_env: LiveEnv) -> Iterator[LiveReport]:
         + ("given (HS256 service tokens are minted too)" if live_env.jwt_secret else "not given")
     )
     record.note(f"run id {live_env.run_id}; test users {EMAIL_PREFIX}{live_env.run_id}-a/-b")
-    try:
-        yield record
-    finally:
-        record.write(live_env.report_path)
+    return record  # written by pytest_sessionfinish, after the users are deleted
 
 
 @pytest.fixture(scope="session")

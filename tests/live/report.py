@@ -83,6 +83,9 @@ class LiveReport:
     checks: list[Check] = field(default_factory=list)
     latencies: list[Latency] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    tests: list[tuple[str, str, str]] = field(default_factory=list)
+    """(test id, pytest outcome, message) of every live test: a test can fail before it
+    records a check (a failed seed insert, a fixture error), and the verdict must see that."""
 
     def add_secret(self, value: str | None) -> None:
         """Remember a value that must never appear in the report (keys, tokens, passwords)."""
@@ -125,9 +128,23 @@ class LiveReport:
     def add_latency(self, latency: Latency) -> None:
         self.latencies.append(latency)
 
+    def test_outcome(self, test_id: str, outcome: str, message: str = "") -> None:
+        self.tests.append((test_id, outcome, self.scrub(message)))
+
     @property
     def failed(self) -> list[Check]:
         return [c for c in self.checks if c.outcome == "fail"]
+
+    @property
+    def failed_tests(self) -> list[str]:
+        return [test_id for test_id, outcome, _ in self.tests if outcome == "failed"]
+
+    def verdict(self) -> str:
+        if self.failed or self.failed_tests:
+            return "FAIL: at least one check did not behave as required."
+        if not any(c.outcome == "pass" for c in self.checks):
+            return "INCOMPLETE: nothing was checked."
+        return "PASS: every check that ran behaved as required."
 
     def render(self, *, finished_at: datetime | None = None) -> str:
         finished = finished_at or datetime.now(UTC)
@@ -199,16 +216,21 @@ class LiveReport:
             for latency in self.latencies:
                 lines.append(f"- {_cell(latency.name)}: {self.scrub(latency.meaning)}")
             lines.append("")
+        if self.tests:
+            lines += [
+                "## Tests",
+                "",
+                "| test | outcome | message |",
+                "|------|---------|---------|",
+            ]
+            for test_id, outcome, message in self.tests:
+                lines.append(f"| {_cell(test_id)} | {outcome} | {_cell(message) or '-'} |")
+            lines.append("")
         if self.notes:
             lines += ["## Notes", ""]
             lines += [f"- {note}" for note in self.notes]
             lines.append("")
-        verdict = (
-            "FAIL: at least one check did not behave as required."
-            if self.failed
-            else "PASS: every check that ran behaved as required."
-        )
-        lines += ["## Verdict", "", verdict, ""]
+        lines += ["## Verdict", "", self.verdict(), ""]
         return self.scrub("\n".join(lines))
 
     def write(self, path: Path) -> Path:

@@ -1,5 +1,5 @@
 """GraphQL (pg_graphql at /graphql/v1): a signed-in user's collection query returns only that
-user's rows, and anon gets none.
+user's rows, the update mutation cannot soft-delete another user's row, and anon gets none.
 
 pg_graphql is off on new projects; where it is off the endpoint answers with an error saying
 so, and the check is skipped with that reason. The collection is named
@@ -24,6 +24,10 @@ NAMINGS = (
     ("engagementEventsCollection", "userId"),  # inflect_names on
     ("engagement_eventsCollection", "user_id"),  # pg_graphql's default: names as in SQL
 )
+UPDATES = {
+    "engagementEventsCollection": ("updateEngagementEventsCollection", "isDeleted"),
+    "engagement_eventsCollection": ("updateengagement_eventsCollection", "is_deleted"),
+}
 PAGE = 30  # pg_graphql's default page size limit
 
 
@@ -115,6 +119,34 @@ def test_graphql_collection_returns_only_own_rows(
             observed=f"{status}, {len(got)} node(s)"
             + (f"; errors: {'; '.join(error_messages(body))}" if error_messages(body) else ""),
         )
+    mutation, deleted_field = UPDATES[collection]
+    other_id = rows[1]["id"]
+    response = http.post(
+        f"{live_env.url}/graphql/v1",
+        json={
+            "query": f"mutation {{ {mutation}(set: {{ {deleted_field}: true }}, "
+            f'filter: {{ id: {{ eq: "{other_id}" }} }}) {{ affectedCount }} }}'
+        },
+        headers=dict(a.caller.headers),
+    )
+    try:
+        body = response.json()
+    except ValueError:
+        body = response.text
+    data = body.get("data") if isinstance(body, dict) else None
+    affected = (data or {}).get(mutation, {}) if isinstance(data, dict) else {}
+    after = api.select(service, id=f"eq.{other_id}")
+    checks.check(
+        a.caller,
+        f"{mutation}: soft-delete B's event",
+        expected="0 rows affected (or refused); B's row not deleted",
+        ok=(not affected or affected.get("affectedCount") == 0)
+        and after.rows != []
+        and after.rows[0]["is_deleted"] is False,
+        observed=f"{response.status_code} affectedCount={(affected or {}).get('affectedCount')}"
+        + (f"; errors: {'; '.join(error_messages(body))}" if error_messages(body) else ""),
+    )
+
     status, body = ask(http, live_env.url, anon, collection, user_field)
     got = nodes(body, collection) or []
     checks.check(
