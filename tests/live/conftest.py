@@ -83,6 +83,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if LIVE_DIR not in item.path.resolve().parents:
         return
     result: pytest.TestReport = outcome.get_result()
+    message = _outcome_message(result)  # before scrubbing turns the traceback into plain text
     if result.longrepr is not None and not isinstance(result.longrepr, tuple):
         text = str(result.longrepr)
         scrubbed = _scrub(text)
@@ -95,7 +96,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         _active_report.test_outcome(
             f"{item.nodeid} ({result.when})" if result.when != "call" else item.nodeid,
             result.outcome,
-            _outcome_message(result),
+            message,
         )
 
 
