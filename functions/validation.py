@@ -18,12 +18,13 @@ property of the event itself (its first 64 characters, to point at typos such as
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import json
 import re
 import uuid
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import MappingProxyType
@@ -86,6 +87,9 @@ class NormalisedEvent:
     event_type: str
     timestamp: datetime
     value: dict[str, Any]
+    value_json: str | None = field(default=None, compare=False, repr=False)
+    """``value`` as canonical JSON text (already checked to be storable as jsonb), so that a
+    sink need not encode it again; None when the event was built without it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,9 +285,10 @@ def normalise_event(
     )
 
     canonical_value: bytes | None = None
+    value_json = ""
     if isinstance(value, dict):
         try:
-            canonical_value = _canonical_value(value)
+            value_json, canonical_value = _canonical_value(value)
         except _UnstorableValue as exc:
             errors.append(FieldError("/value", str(exc)))
 
@@ -301,11 +306,19 @@ def normalise_event(
     )
     return NormalisedEvent(
         id=event_id,
-        user_id=uuid.UUID(user_id_text),
+        user_id=_user_uuid(user_id_text),
         event_type=event_type,
         timestamp=moment,
         value=value,
+        value_json=value_json,
     )
+
+
+@functools.lru_cache(maxsize=16_384)
+def _user_uuid(text: str) -> uuid.UUID:
+    """``uuid.UUID(text)``, cached: a batch names the same few users again and again, and
+    parsing a UUID costs more than the rest of an event's id handling (UUIDs are immutable)."""
+    return uuid.UUID(text)
 
 
 def normalise_batch(
@@ -350,7 +363,7 @@ def derive_event_id(
     This format is part of the stored data: changing it would duplicate retried events.
     Raises ValueError for a value PostgreSQL's jsonb cannot store.
     """
-    return _derive_id(str(user_id), event_type, timestamp, _canonical_value(value))
+    return _derive_id(str(user_id), event_type, timestamp, _canonical_value(value)[1])
 
 
 _NAMESPACE_BYTES: Final = EVENT_ID_NAMESPACE.bytes
@@ -389,8 +402,9 @@ _CANONICAL_ENCODER: Final = json.JSONEncoder(
 )
 
 
-def _canonical_value(value: Any) -> bytes:
-    """The canonical JSON of a value, as UTF-8; proves on the way that jsonb can store it."""
+def _canonical_value(value: Any) -> tuple[str, bytes]:
+    """The canonical JSON of a value, as text and as UTF-8; proves on the way that jsonb can
+    store it."""
     try:
         text = _CANONICAL_ENCODER.encode(value)
         encoded = text.encode()
@@ -403,7 +417,7 @@ def _canonical_value(value: Any) -> bytes:
         raise _UnstorableValue("/value is nested too deeply") from None
     if "\\u0000" in text and _ESCAPED_NUL.search(text):
         raise _UnstorableValue("/value must not contain the NUL character (\\u0000)")
-    return encoded
+    return text, encoded
 
 
 # --- timestamps -------------------------------------------------------------------------------

@@ -267,7 +267,9 @@ class PostgresSink:
                             row.user_id,
                             row.timestamp,
                             row.event_type,
-                            json.dumps(row.value, ensure_ascii=False),
+                            # Validation already encoded the value (NormalisedEvent.value_json).
+                            getattr(row, "value_json", None)
+                            or json.dumps(row.value, ensure_ascii=False),
                         )
                     )
             cursor.execute(_INSERT)
