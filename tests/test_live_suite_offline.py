@@ -12,6 +12,7 @@ None of this stands in for a live run: docs/live-checks.md says how to make one.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from tests.live.api import Answer
 from tests.live.conftest import REQUIRED_VARIABLES, key_kind, missing_variables
 from tests.live.report import Latency as LatencyFigure
 from tests.live.report import LiveReport, latency_verdict, percentile
+from tests.live.test_realtime import Inbox, Run, Subscription, latency_figures
 
 ROOT = Path(__file__).resolve().parents[1]
 FAKE_SERVICE_KEY = "sb_secret_offline-test-service-key-0123456789"
@@ -280,3 +282,50 @@ def test_a_test_that_failed_before_recording_a_check_fails_the_verdict() -> None
     text = report.render()
     assert "| tests/live/test_rest_rls.py::test_insert_own_rows_only | failed |" in text
     assert text.rstrip().endswith("FAIL: at least one check did not behave as required.")
+
+
+def test_realtime_inbox_reads_deliveries_and_survives_odd_ones() -> None:
+    async def scenario() -> tuple[Inbox, bool, float]:
+        inbox = Inbox("A, filtered")
+        arrived = inbox.waiting.setdefault("row-1", asyncio.Event())
+        sent = asyncio.get_running_loop().time() - 0.120  # the insert went out 120 ms ago
+        inbox.receive(
+            {
+                "ids": [7],
+                "data": {
+                    "schema": "public",
+                    "table": "engagement_events",
+                    "type": "INSERT",
+                    "commit_timestamp": "2026-11-26T12:00:00.100Z",
+                    "errors": None,
+                    "columns": [],
+                    "record": {"id": "row-1", "user_id": "user-a"},
+                },
+            }
+        )
+        inbox.receive({"ids": [7], "data": {"record": "not an object"}})
+        return inbox, arrived.is_set(), sent
+
+    inbox, woke, sent = asyncio.run(scenario())
+    assert woke, "the insert loop waiting for row-1 must be woken"
+    assert inbox.got["row-1"].user_id == "user-a"
+    assert inbox.got["row-1"].commit == "2026-11-26T12:00:00.100Z"
+    assert inbox.errors == [
+        "unreadable delivery: AttributeError: 'str' object has no attribute 'get'"
+    ]
+
+    run = Run(
+        subscriptions={"A, filtered": Subscription(inbox, None, ["SUBSCRIBED"], ready=True)},
+        a_rows=["row-1", "row-2"],  # row-2 never arrived
+        b_rows=[],
+        sent_at={"row-1": sent, "row-2": sent},
+        answered_at={"row-1": sent + 0.100, "row-2": sent + 0.100},
+        insert_failures=[],
+    )
+    from_send, from_answer, from_commit = latency_figures(run)
+    assert from_send.lost == 1
+    assert len(from_send.samples_ms) == 1
+    assert 120.0 <= from_send.samples_ms[0] < 1000.0
+    assert from_answer.samples_ms[0] == pytest.approx(from_send.samples_ms[0] - 100.0)
+    assert len(from_commit.samples_ms) == 1
+    assert latency_verdict(from_send) == "over target (1 never delivered)"
