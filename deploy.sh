@@ -71,7 +71,7 @@ Limits and load caps (defaults in brackets; docs/deployment.md has the arithmeti
   BATCH_IMPORT_MEMORY [1Gi]  BATCH_IMPORT_CPU [1]  BATCH_IMPORT_TIMEOUT seconds [60]
   BATCH_IMPORT_MAX_INSTANCES [10]  BATCH_IMPORT_CONCURRENCY [4]
   HELPER_MEMORY [512Mi]  HELPER_CPU [1]  HELPER_TIMEOUT seconds [30]
-  HELPER_MAX_INSTANCES [5]  HELPER_CONCURRENCY [20]      (convert_timestamps, verify_service_jwt)
+  HELPER_MAX_INSTANCES [5]  HELPER_CONCURRENCY [4]       (convert_timestamps, verify_service_jwt)
   TIME_BUDGET_SECONDS [50]   time batch_import may spend writing; must be at least 10 s less
                              than BATCH_IMPORT_TIMEOUT
   POOLER_MAX_CLIENTS [200]   client connections the Supavisor pooler accepts (Micro compute);
@@ -119,7 +119,7 @@ HELPER_MEMORY=${HELPER_MEMORY:-512Mi}
 HELPER_CPU=${HELPER_CPU:-1}
 HELPER_TIMEOUT=${HELPER_TIMEOUT:-30}
 HELPER_MAX_INSTANCES=${HELPER_MAX_INSTANCES:-5}
-HELPER_CONCURRENCY=${HELPER_CONCURRENCY:-20}
+HELPER_CONCURRENCY=${HELPER_CONCURRENCY:-4}
 TIME_BUDGET_SECONDS=${TIME_BUDGET_SECONDS:-50}
 POOLER_MAX_CLIENTS=${POOLER_MAX_CLIENTS:-200}
 

@@ -325,7 +325,7 @@ def test_first_run_deploys_each_function_with_explicit_settings(project: FakePro
             "cpu": "1",
             "timeout": "30s",
             "max-instances": "5",
-            "concurrency": "20",
+            "concurrency": "4",
             # No sink secret and no batch_import-only settings for the helpers.
             "set-env-vars": "SUPABASE_URL=https://abcdefghijklmnop.supabase.co",
             "set-secrets": "SUPABASE_JWT_SECRET=engagement-supabase-jwt-secret:latest,"

@@ -2,9 +2,12 @@
 -- soft-deleted rows stay soft-deleted (is_deleted), only the time of deletion is lost.
 do $unschedule$
 begin
-    if exists (select 1 from pg_catalog.pg_extension where extname = 'pg_cron')
-       and exists (select 1 from cron.job where jobname = 'engagement-retention-purge') then
-        perform cron.unschedule('engagement-retention-purge');
+    -- Nested: cron.job can only be named once pg_cron is known to exist (PL/pgSQL plans the
+    -- whole condition of one IF, so `exists(pg_cron) and exists(cron.job ...)` fails without it).
+    if exists (select 1 from pg_catalog.pg_extension where extname = 'pg_cron') then
+        if exists (select 1 from cron.job where jobname = 'engagement-retention-purge') then
+            perform cron.unschedule('engagement-retention-purge');
+        end if;
     end if;
 end
 $unschedule$;
