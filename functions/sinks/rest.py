@@ -8,10 +8,14 @@ Why it looks the way it does:
   ignore_duplicates=True)`` and ``.rpc(...)``) and sent with the library's own ``send``, but
   the answer is read here: the library's ``execute()`` drops the status and the
   ``Retry-After`` header that the retry policy needs, and it never retries a POST anyway.
-- Retries: network errors, timeouts, 5xx, 408, 429 and PostgREST's connection errors
-  (PGRST000-PGRST003) are retried with capped exponential backoff and full jitter, honouring
-  ``Retry-After``; every other answer is final. No request and no pause outlives the deadline:
-  each request's timeout is what is left of the time budget.
+- Retries: network errors (a connection dropped before or after the request was processed),
+  timeouts, 5xx, 408, 429, PostgREST's connection errors (PGRST000-PGRST003) and a success
+  without the rows it should carry are retried with capped exponential backoff and full
+  jitter; every other answer is final. Every retry is safe: writes ignore ids already stored,
+  the rpcs only read or are idempotent. ``Retry-After`` is honoured up to
+  ``max_retry_after_s`` (5 s); a longer one is handed to the caller at once. No request and no
+  pause outlives the deadline: each request's timeout is what is left of the time budget, and
+  a body still arriving when it is spent is cut short.
 - Unknown users are found first with ``rpc("engagement_unknown_user_ids")`` (service_role cannot
   read auth.users through the Data API); their rows are never sent.
 - Partial mode sends chunks; chunks are separate transactions, so a failure after the first
@@ -23,10 +27,11 @@ from __future__ import annotations
 
 import email.utils
 import logging
+import math
 import random
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, cast
 
@@ -75,6 +80,7 @@ class RestSink:
         max_attempts: int = 4,
         backoff_base_s: float = 0.2,
         backoff_cap_s: float = 5.0,
+        max_retry_after_s: float = 5.0,
     ) -> None:
         if chunk_size < 1:
             raise ValueError("chunk_size must be at least 1")
@@ -84,6 +90,7 @@ class RestSink:
         self._max_attempts = max(1, max_attempts)
         self._backoff_base_s = backoff_base_s
         self._backoff_cap_s = backoff_cap_s
+        self._max_retry_after_s = max_retry_after_s
         self._client: Client | None = None
         self._http: httpx.Client | None = None
         self._lock = threading.Lock()
@@ -113,7 +120,7 @@ class RestSink:
                 .select("id")
                 .request
             )
-            answer = self._send(request, deadline, stored=stored)
+            answer = self._send(request, deadline, stored=stored, expect_rows=True)
             inserted += len(_rows_of(answer))
             stored += len(chunk)
         return WriteResult(
@@ -167,7 +174,10 @@ class RestSink:
                 self._http = httpx.Client(
                     http2=True,
                     follow_redirects=True,
-                    event_hooks={"request": [self._apply_time_left]},
+                    event_hooks={
+                        "request": [self._apply_time_left],
+                        "response": [self._bound_body],
+                    },
                 )
                 options = ClientOptions(
                     httpx_client=self._http,
@@ -183,7 +193,9 @@ class RestSink:
         ids = sorted({str(row.user_id) for row in rows})
         # postgrest-py types rpc params as dict[str, str]; PostgREST takes any JSON value.
         params = cast(dict[str, str], {"ids": ids})
-        answer = self._send(client.rpc(UNKNOWN_USERS_FUNCTION, params).request, deadline, stored=0)
+        answer = self._send(
+            client.rpc(UNKNOWN_USERS_FUNCTION, params).request, deadline, stored=0, expect_rows=True
+        )
         unknown: set[str] = set()
         # A set-returning function of a scalar answers a JSON array of values (older PostgREST
         # versions wrap each in an object named after the function).
@@ -193,8 +205,20 @@ class RestSink:
                 unknown.add(value.lower())
         return unknown
 
-    def _send(self, request: RequestConfig[httpx.Client], deadline: float, *, stored: int) -> Any:
-        """Send one request, retrying transient failures; the decoded JSON of the answer."""
+    def _send(
+        self,
+        request: RequestConfig[httpx.Client],
+        deadline: float,
+        *,
+        stored: int,
+        expect_rows: bool = False,
+    ) -> Any:
+        """Send one request, retrying transient failures; the decoded JSON of the answer.
+
+        With ``expect_rows`` a success must carry a JSON array (the rows PostgREST returns): any
+        other body (a proxy's page, a cut answer) says nothing about what was stored, so it is
+        retried like a network error rather than counted as "nothing inserted".
+        """
         attempt = 0
         while True:
             attempt += 1
@@ -202,38 +226,50 @@ class RestSink:
             if left < _MIN_ATTEMPT_S:
                 raise out_of_time(stored=stored)
             self._local.time_left = left
+            self._local.until = time.monotonic() + left
             retry_after: float | None = None
             try:
                 response = request.send(httpx.Headers())
             except httpx.TimeoutException:
                 code, why = "timeout", "the Data API did not answer in time"
-            except httpx.TransportError:
+            except (httpx.TransportError, httpx.DecodingError):
+                # Dropped before or after the request was processed: either way the retry is
+                # safe, because writes ignore ids already stored and the rpcs only read.
                 code, why = "network_error", "the Data API could not be reached"
             else:
                 if response.is_success:
-                    return _json(response)
-                body = _error_body(response)
-                code = body.get("code") or str(response.status_code)
-                if not (
-                    response.status_code >= 500
-                    or response.status_code in _TRANSIENT_STATUSES
-                    or code in _TRANSIENT_CODES
-                ):
-                    raise _refused(response, body, stored=stored)
-                why = f"the Data API answered {response.status_code}"
-                retry_after = _retry_after(response)
+                    answer = _json(response)
+                    if not expect_rows or isinstance(answer, list):
+                        return answer
+                    code, why = "bad_answer", "the Data API answered without the rows"
+                else:
+                    body = _error_body(response)
+                    code = body.get("code") or str(response.status_code)
+                    if not (
+                        response.status_code >= 500
+                        or response.status_code in _TRANSIENT_STATUSES
+                        or code in _TRANSIENT_CODES
+                    ):
+                        raise _refused(response, body, stored=stored)
+                    why = f"the Data API answered {response.status_code}"
+                    retry_after = _retry_after(response)
             finally:
-                self._local.time_left = None
+                self._local.time_left = self._local.until = None
             pause = self._pause(attempt, retry_after)
+            # A Retry-After longer than max_retry_after_s is the caller's to wait out, not this
+            # instance's: holding the request would only hold the instance.
             if (
                 attempt >= self._max_attempts
+                or (retry_after is not None and retry_after > self._max_retry_after_s)
                 or remaining(deadline) - pause < _MARGIN_S + _MIN_ATTEMPT_S
             ):
                 raise StoreUnavailable(
                     f"{why}; giving up after {attempt} attempt(s)",
                     code=code,
                     stored=stored,
-                    retry_after=max(1, round(retry_after or pause or 1)),
+                    retry_after=max(
+                        1, math.ceil(retry_after if retry_after is not None else pause)
+                    ),
                 )
             logger.warning("Data API write failed (%s), attempt %d; retrying", code, attempt)
             time.sleep(pause)
@@ -249,6 +285,46 @@ class RestSink:
         left: float | None = getattr(self._local, "time_left", None)
         if left is not None:
             request.extensions["timeout"] = httpx.Timeout(left).as_dict()
+
+    def _bound_body(self, response: httpx.Response) -> None:
+        """httpx response hook: the body, too, must arrive within the time budget.
+
+        httpx's timeouts bound each read, not the whole answer, so a server that sends a byte
+        now and then would hold the request for ever. From here on every read waits at most for
+        what is left of the budget, and the body is cut short once the budget is spent.
+        """
+        until: float | None = getattr(self._local, "until", None)
+        if until is None:
+            return
+        timeout = response.request.extensions.get("timeout")
+        if isinstance(timeout, dict):  # httpcore reads it when the body starts
+            timeout["read"] = max(until - time.monotonic(), 0.001)
+        response.stream = _DeadlineStream(response.stream, until, response.request)
+
+
+class _DeadlineStream(httpx.SyncByteStream):
+    """A response body that raises ``httpx.ReadTimeout`` once ``until`` has passed."""
+
+    def __init__(
+        self,
+        stream: httpx.SyncByteStream | httpx.AsyncByteStream,
+        until: float,
+        request: httpx.Request,
+    ) -> None:
+        self._stream = cast(httpx.SyncByteStream, stream)  # the sink's client is synchronous
+        self._until = until
+        self._request = request
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self._stream:
+            if time.monotonic() > self._until:
+                raise httpx.ReadTimeout(
+                    "the answer did not arrive within the time budget", request=self._request
+                )
+            yield chunk
+
+    def close(self) -> None:
+        self._stream.close()
 
 
 def _as_json(row: EventRow) -> dict[str, object]:
