@@ -6,6 +6,9 @@
   still writes its report, and the report names the host but no key.
 - scripts/live-check.sh refuses to start without the variables, saying which are missing.
 - The report's arithmetic and redaction, and the reading of PostgREST answers, on known inputs.
+- The Realtime half against a loopback stand-in of the Phoenix channel protocol: what the
+  suite sends when it joins, that deliveries are parsed and timed, and that a leaked row of
+  another user fails the check.
 
 None of this stands in for a live run: docs/live-checks.md says how to make one.
 """
@@ -13,19 +16,39 @@ None of this stands in for a live run: docs/live-checks.md says how to make one.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import jwt
 import pytest
 
-from tests.live.api import Answer
-from tests.live.conftest import REQUIRED_VARIABLES, key_kind, missing_variables
+from tests.live.api import Answer, caller_with_key, caller_with_token
+from tests.live.conftest import (
+    REQUIRED_VARIABLES,
+    LiveEnv,
+    LiveUser,
+    LiveUsers,
+    key_kind,
+    missing_variables,
+)
 from tests.live.report import Latency as LatencyFigure
 from tests.live.report import LiveReport, latency_verdict, percentile
-from tests.live.test_realtime import Inbox, Run, Subscription, latency_figures
+from tests.live.test_realtime import (
+    Inbox,
+    Run,
+    Subscription,
+    latency_figures,
+    record_realtime_checks,
+    run_realtime,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 FAKE_SERVICE_KEY = "sb_secret_offline-test-service-key-0123456789"
@@ -329,3 +352,240 @@ def test_realtime_inbox_reads_deliveries_and_survives_odd_ones() -> None:
     assert from_answer.samples_ms[0] == pytest.approx(from_send.samples_ms[0] - 100.0)
     assert len(from_commit.samples_ms) == 1
     assert latency_verdict(from_send) == "over target (1 never delivered)"
+
+
+# -- The Realtime half of the live suite against a loopback stand-in ----------------------------
+#
+# The stand-in speaks the Phoenix channel protocol the way Supabase Realtime documents it (join
+# reply with the server's postgres_changes bindings, the "Subscribed to PostgreSQL" system
+# message, postgres_changes pushes carrying `ids` and `data.record`), and takes the Data API's
+# insert. It decides delivery by the subscriber's JWT `sub`, or leaks B's rows on purpose. It
+# proves the suite's client code and its judging, never anything about Supabase.
+
+ANA = "a1a1a1a1-0000-4000-8000-00000000000a"
+BEN = "b2b2b2b2-0000-4000-8000-00000000000b"
+
+
+@dataclass
+class _Subscriber:
+    ws: Any
+    topic: str
+    user: str | None
+    bindings: list[dict[str, Any]]
+
+
+class RealtimeStandIn:
+    """Realtime (websocket) and the table's insert endpoint (HTTP) on two loopback ports."""
+
+    def __init__(self, *, leak_to_unfiltered: bool) -> None:
+        self.leak = leak_to_unfiltered
+        self.joins: list[tuple[str, dict[str, Any]]] = []
+        self.inserts: list[tuple[dict[str, str], dict[str, Any]]] = []
+        self._subscribers: list[_Subscriber] = []
+        self._next_id = 1000
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._http: ThreadingHTTPServer | None = None
+        self._server: Any = None
+        self.ws_port = self.http_port = 0
+
+    def __enter__(self) -> RealtimeStandIn:
+        self._thread.start()
+        self.ws_port = asyncio.run_coroutine_threadsafe(self._serve(), self._loop).result(10)
+        self._http = ThreadingHTTPServer(("127.0.0.1", 0), self._http_handler())
+        self.http_port = self._http.server_address[1]
+        threading.Thread(target=self._http.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+        asyncio.run_coroutine_threadsafe(self._close(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    async def _serve(self) -> int:
+        from websockets.asyncio.server import serve
+
+        self._server = await serve(self._handle, "127.0.0.1", 0)
+        return int(next(iter(self._server.sockets)).getsockname()[1])
+
+    async def _close(self) -> None:
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def _handle(self, ws: Any) -> None:
+        async for raw in ws:
+            message = json.loads(raw)
+            topic, kind, ref = message["topic"], message["event"], message.get("ref")
+            if kind == "phx_join":
+                payload = message["payload"]
+                self.joins.append((topic, payload))
+                bindings = []
+                for binding in payload["config"]["postgres_changes"]:
+                    self._next_id += 1
+                    bindings.append({**binding, "id": self._next_id})
+                token = payload.get("access_token") or ""
+                user = None
+                if token.count(".") == 2:
+                    user = jwt.decode(token, options={"verify_signature": False}).get("sub")
+                self._subscribers.append(_Subscriber(ws, topic, user, bindings))
+                await ws.send(json.dumps(_reply(topic, ref, {"postgres_changes": bindings})))
+                await ws.send(
+                    json.dumps(
+                        {
+                            "event": "system",
+                            "topic": topic,
+                            "ref": None,
+                            "payload": {
+                                "channel": topic.removeprefix("realtime:"),
+                                "extension": "postgres_changes",
+                                "message": "Subscribed to PostgreSQL",
+                                "status": "ok",
+                            },
+                        }
+                    )
+                )
+            elif kind in ("heartbeat", "phx_leave", "access_token"):
+                await ws.send(json.dumps(_reply(topic, ref, {})))
+
+    async def publish(self, row: dict[str, Any]) -> None:
+        for sub in self._subscribers:
+            for binding in sub.bindings:
+                wanted = binding.get("filter")
+                allowed = sub.user is not None and row["user_id"] == sub.user
+                if wanted is not None:
+                    allowed = allowed and wanted == f"user_id=eq.{row['user_id']}"
+                elif self.leak and sub.user is not None:
+                    allowed = True
+                if not allowed:
+                    continue
+                change: dict[str, Any] = {
+                    "schema": "public",
+                    "table": "engagement_events",
+                    "commit_timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+                    "type": "INSERT",
+                    "errors": None,
+                    "columns": [],
+                    "record": row,
+                }
+                await sub.ws.send(
+                    json.dumps(
+                        {
+                            "event": "postgres_changes",
+                            "topic": sub.topic,
+                            "ref": None,
+                            "payload": {"ids": [binding["id"]], "data": change},
+                        }
+                    )
+                )
+
+    def _http_handler(self) -> type[BaseHTTPRequestHandler]:
+        standin = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                rows = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                for row in rows:
+                    standin.inserts.append((dict(self.headers), row))
+                    asyncio.run_coroutine_threadsafe(standin.publish(row), standin._loop).result(5)
+                self.send_response(201)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        return Handler
+
+
+def _reply(topic: str, ref: str | None, response: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "event": "phx_reply",
+        "topic": topic,
+        "ref": ref,
+        "payload": {"status": "ok", "response": response},
+    }
+
+
+def _standin_run(standin: RealtimeStandIn, inserts: int) -> tuple[LiveUsers, Run]:
+    secret = "standin-secret-with-more-than-thirty-two-characters"
+    tokens = {
+        uid: jwt.encode({"sub": uid, "role": "authenticated"}, secret, algorithm="HS256")
+        for uid in (ANA, BEN)
+    }
+    users = LiveUsers(
+        *(
+            LiveUser(
+                name,
+                uid,
+                f"{name}@example.com",
+                tokens[uid],
+                caller_with_token(name, FAKE_ANON_KEY, tokens[uid], uid),
+            )
+            for name, uid in (("user A", ANA), ("user B", BEN))
+        )
+    )
+    env = LiveEnv(
+        url=f"http://127.0.0.1:{standin.http_port}",
+        service_key=FAKE_SERVICE_KEY,
+        anon_key=FAKE_ANON_KEY,
+        jwt_secret=None,
+        email_domain="example.com",
+        report_path=Path("unused.md"),
+        run_id="standin",
+    )
+    run = asyncio.run(
+        run_realtime(
+            env,
+            users,
+            caller_with_key("service_role", FAKE_SERVICE_KEY),
+            inserts,
+            "standin",
+            realtime_url=f"ws://127.0.0.1:{standin.ws_port}/realtime/v1",
+            grace_s=0.3,
+        )
+    )
+    return users, run
+
+
+def test_realtime_client_code_subscribes_as_documented_and_times_deliveries() -> None:
+    with RealtimeStandIn(leak_to_unfiltered=False) as standin:
+        users, run = _standin_run(standin, inserts=10)
+    joins = dict(standin.joins)
+    filtered = joins["realtime:live-standin-a-filtered"]
+    assert filtered["access_token"] == users.a.access_token
+    assert filtered["config"]["postgres_changes"] == [
+        {
+            "event": "INSERT",
+            "schema": "public",
+            "table": "engagement_events",
+            "filter": f"user_id=eq.{ANA}",
+        }
+    ]
+    assert "filter" not in joins["realtime:live-standin-a-all"]["config"]["postgres_changes"][0]
+    assert joins["realtime:live-standin-anon-all"]["access_token"] == FAKE_ANON_KEY
+    assert [row["user_id"] for _, row in standin.inserts].count(ANA) == 10
+    assert [row["user_id"] for _, row in standin.inserts].count(BEN) == 2
+    assert all(headers["apikey"] == FAKE_SERVICE_KEY for headers, _ in standin.inserts)
+
+    report = LiveReport(project_url="http://127.0.0.1")
+    record_realtime_checks(run, users, 10, report).assert_all()
+    assert [(f.name, len(f.samples_ms), f.lost) for f in report.latencies] == [
+        ("insert sent -> delivered", 10, 0),
+        ("insert answered -> delivered", 10, 0),
+        ("commit_timestamp -> delivered", 10, 0),
+    ]
+
+
+def test_realtime_check_fails_when_another_users_row_reaches_the_subscriber() -> None:
+    with RealtimeStandIn(leak_to_unfiltered=True) as standin:
+        users, run = _standin_run(standin, inserts=10)
+    report = LiveReport(project_url="http://127.0.0.1")
+    checks = record_realtime_checks(run, users, 10, report)
+    with pytest.raises(AssertionError, match=r"receive inserts \(A, unfiltered\)"):
+        checks.assert_all()
+    leaked = [c for c in report.checks if c.outcome == "fail"]
+    assert [c.what for c in leaked] == ["receive inserts (A, unfiltered)"]
+    assert "2 of B's 2, 2 not A's in total" in leaked[0].observed
