@@ -41,6 +41,7 @@ from tests.live.conftest import (
 )
 from tests.live.report import Latency as LatencyFigure
 from tests.live.report import LiveReport, latency_verdict, percentile
+from tests.live.test_graphql import nodes, unavailable_reason
 from tests.live.test_realtime import (
     Inbox,
     Run,
@@ -589,3 +590,33 @@ def test_realtime_check_fails_when_another_users_row_reaches_the_subscriber() ->
     leaked = [c for c in report.checks if c.outcome == "fail"]
     assert [c.what for c in leaked] == ["receive inserts (A, unfiltered)"]
     assert "2 of B's 2, 2 not A's in total" in leaked[0].observed
+
+
+def test_graphql_availability_is_read_from_the_endpoints_answer() -> None:
+    disabled = {"errors": [{"message": "pg_graphql extension is not enabled."}]}
+    assert unavailable_reason(200, disabled) == (
+        "pg_graphql is not enabled on this project (the endpoint says so)"
+    )
+    missing = {
+        "code": "PGRST202",
+        "message": "Could not find the function graphql_public.graphql without parameters",
+    }
+    assert (reason := unavailable_reason(404, missing)) is not None
+    assert reason.startswith("/graphql/v1 is not served (404 PGRST202")
+    unknown = {"data": None, "errors": [{"message": 'Unknown field "engagementEventsCollection"'}]}
+    assert unavailable_reason(200, unknown) is None  # enabled: the other naming is tried next
+    assert nodes(unknown, "engagementEventsCollection") is None
+    found = {
+        "data": {
+            "engagement_eventsCollection": {
+                "edges": [
+                    {"node": {"id": "x", "user_id": ANA}},
+                    {"node": {"id": "y", "user_id": ANA}},
+                ]
+            }
+        }
+    }
+    assert nodes(found, "engagement_eventsCollection") == [
+        {"id": "x", "user_id": ANA},
+        {"id": "y", "user_id": ANA},
+    ]
