@@ -394,3 +394,39 @@ def test_generator_module_renders_without_touching_the_document() -> None:
     assert section in before
     assert DOC.read_text() == before
     assert os.access(SCRIPT, os.R_OK)
+
+
+def test_graphql_examples_name_real_columns_and_the_enabled_total_count(db: Database) -> None:
+    """pg_graphql (without inflection) names fields after the columns; the example's filter,
+    order, selection and `set` keys must be columns authenticated can use that way."""
+    graphql = "\n".join(blocks("graphql"))
+    with db.connect() as conn:
+        readable = {
+            r[0]
+            for r in conn.execute(
+                "select column_name from information_schema.column_privileges"
+                " where table_name = 'engagement_events' and grantee = 'authenticated'"
+                " and privilege_type = 'SELECT'"
+            ).fetchall()
+        }
+        updatable = {
+            r[0]
+            for r in conn.execute(
+                "select column_name from information_schema.column_privileges"
+                " where table_name = 'engagement_events' and grantee = 'authenticated'"
+                " and privilege_type = 'UPDATE'"
+            ).fetchall()
+        }
+        comment = conn.execute(
+            "select obj_description('public.engagement_events'::regclass, 'pg_class')"
+        ).fetchone()
+    node = re.search(r"node \{ ([\w ]+) \}", graphql)
+    assert node
+    assert set(node[1].split()) <= readable
+    assert set(re.findall(r"filter: \{ (\w+):", graphql)) <= readable
+    assert set(re.findall(r"orderBy: \[\{ (\w+):", graphql)) <= readable
+    assert set(re.findall(r"set: \{ (\w+):", graphql)) <= updatable == {"is_deleted"}
+    assert "totalCount" in graphql
+    assert comment is not None
+    assert '"totalCount": {"enabled": true}' in comment[0]
+    assert "engagement_eventsCollection" in graphql

@@ -721,3 +721,117 @@ def test_help_explains_every_option() -> None:
     assert run.returncode == 0
     for option in ("--project", "--notification-channels", "--dry-run", "--help"):
         assert option in run.stdout
+
+
+# Field names of the Cloud Monitoring and Logging API resources the files are read as
+# (AlertPolicy, LogMetric, Dashboard), so that a misspelt key is caught here and not by gcloud.
+POLICY_KEYS = {
+    "displayName",
+    "documentation",
+    "conditions",
+    "combiner",
+    "alertStrategy",
+    "severity",
+    "notificationChannels",
+    "userLabels",
+    "enabled",
+}
+CONDITION_KEYS = {
+    "displayName",
+    "conditionThreshold",
+    "conditionPrometheusQueryLanguage",
+    "conditionAbsent",
+}
+THRESHOLD_KEYS = {
+    "filter",
+    "aggregations",
+    "denominatorFilter",
+    "denominatorAggregations",
+    "comparison",
+    "thresholdValue",
+    "duration",
+    "trigger",
+    "evaluationMissingData",
+}
+PROMQL_KEYS = {"query", "duration", "evaluationInterval", "labels", "ruleGroup", "alertRule"}
+AGGREGATION_KEYS = {"alignmentPeriod", "perSeriesAligner", "crossSeriesReducer", "groupByFields"}
+ALIGNERS = {"ALIGN_DELTA", "ALIGN_RATE", "ALIGN_SUM", "ALIGN_PERCENTILE_95", "ALIGN_PERCENTILE_50"}
+REDUCERS = {"REDUCE_SUM", "REDUCE_PERCENTILE_95", "REDUCE_PERCENTILE_50", "REDUCE_MAX"}
+LOG_METRIC_KEYS = {
+    "description",
+    "filter",
+    "metricDescriptor",
+    "valueExtractor",
+    "labelExtractors",
+    "bucketOptions",
+    "disabled",
+}
+DESCRIPTOR_KEYS = {"metricKind", "valueType", "unit", "displayName", "labels", "description"}
+WIDGET_KEYS = {"title", "xyChart", "text", "scorecard"}
+
+
+def aggregations_in(node: Any) -> Iterator[dict[str, Any]]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in ("aggregation", "secondaryAggregation"):
+                yield value
+            elif key in ("aggregations", "denominatorAggregations"):
+                yield from value
+            else:
+                yield from aggregations_in(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from aggregations_in(item)
+
+
+@pytest.mark.parametrize("path", POLICY_FILES, ids=lambda p: p.name)
+def test_alert_policy_uses_only_api_field_names(path: Path) -> None:
+    policy = json.loads(path.read_text())
+    assert set(policy) <= POLICY_KEYS
+    assert policy["combiner"] in {"OR", "AND"}
+    assert policy["severity"] in {"CRITICAL", "ERROR", "WARNING"}
+    assert policy["documentation"]["mimeType"] == "text/markdown"
+    for condition in policy["conditions"]:
+        assert set(condition) <= CONDITION_KEYS
+        if "conditionThreshold" in condition:
+            threshold = condition["conditionThreshold"]
+            assert set(threshold) <= THRESHOLD_KEYS
+            assert threshold["comparison"] in {"COMPARISON_GT", "COMPARISON_LT"}
+            assert re.fullmatch(r"\d+s", threshold["duration"])
+        else:
+            assert set(condition["conditionPrometheusQueryLanguage"]) <= PROMQL_KEYS
+    for aggregation in aggregations_in(policy):
+        assert set(aggregation) <= AGGREGATION_KEYS
+        assert aggregation["perSeriesAligner"] in ALIGNERS
+        assert aggregation["crossSeriesReducer"] in REDUCERS
+        assert re.fullmatch(r"\d+s", aggregation["alignmentPeriod"])
+
+
+@pytest.mark.parametrize("path", METRIC_FILES, ids=lambda p: p.name)
+def test_log_metric_uses_only_api_field_names(path: Path) -> None:
+    metric = yaml.safe_load(path.read_text())
+    assert set(metric) <= LOG_METRIC_KEYS
+    assert set(metric["metricDescriptor"]) <= DESCRIPTOR_KEYS
+    assert metric["metricDescriptor"]["valueType"] in {"INT64", "DISTRIBUTION"}
+    # A log-based metric's name is its file name: letters, digits and underscores.
+    assert re.fullmatch(r"[a-z][a-z0-9_]*", path.stem)
+
+
+def test_dashboard_uses_only_api_field_names() -> None:
+    for path in DASHBOARD_FILES:
+        dashboard = json.loads(path.read_text())
+        assert set(dashboard) == {"displayName", "mosaicLayout"}
+        layout = dashboard["mosaicLayout"]
+        assert layout["columns"] <= 48
+        for tile in layout["tiles"]:
+            assert set(tile) == {"xPos", "yPos", "width", "height", "widget"}
+            assert tile["xPos"] + tile["width"] <= layout["columns"]
+            assert set(tile["widget"]) <= WIDGET_KEYS
+            for data_set in tile["widget"].get("xyChart", {}).get("dataSets", []):
+                assert set(data_set) <= {"timeSeriesQuery", "plotType", "legendTemplate"}
+                assert data_set["plotType"] in {"LINE", "STACKED_BAR", "STACKED_AREA"}
+                assert len(data_set["timeSeriesQuery"]) == 1
+                assert set(data_set["timeSeriesQuery"]) <= {"timeSeriesFilter", "prometheusQuery"}
+        for aggregation in aggregations_in(dashboard):
+            assert aggregation["perSeriesAligner"] in ALIGNERS
+            assert aggregation["crossSeriesReducer"] in REDUCERS
