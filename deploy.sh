@@ -246,6 +246,11 @@ for name in RATE_LIMIT_REQUESTS_PER_MINUTE RATE_LIMIT_EVENTS_PER_MINUTE; do
 done
 
 numeric() { [[ $1 =~ ^[0-9]+$ ]]; }
+events_limit=${RATE_LIMIT_EVENTS_PER_MINUTE:-}
+if numeric "$events_limit" && [ "$events_limit" -gt 0 ] && numeric "${MAX_BATCH_EVENTS:-10000}" &&
+  [ "$events_limit" -lt "${MAX_BATCH_EVENTS:-10000}" ]; then
+  need "RATE_LIMIT_EVENTS_PER_MINUTE ($events_limit) must be 0 or at least MAX_BATCH_EVENTS (${MAX_BATCH_EVENTS:-10000}), or a full batch could never pass"
+fi
 if numeric "$TIME_BUDGET_SECONDS" && numeric "$BATCH_IMPORT_TIMEOUT" &&
   [ $((TIME_BUDGET_SECONDS + 10)) -gt "$BATCH_IMPORT_TIMEOUT" ]; then
   need "TIME_BUDGET_SECONDS ($TIME_BUDGET_SECONDS) must be at least 10 s under BATCH_IMPORT_TIMEOUT ($BATCH_IMPORT_TIMEOUT): the function needs time to parse, validate and answer"

@@ -526,6 +526,7 @@ def test_dry_run_prints_every_change_and_makes_none(project: FakeProject) -> Non
         ({"CREDENTIALS": "jwt_secret"}, "add secret_keys to CREDENTIALS"),
         ({"BATCH_IMPORT_CONCURRENCY": "four"}, "BATCH_IMPORT_CONCURRENCY must be a whole number"),
         ({"SCHEDULER_ATTEMPT_DEADLINE": "60"}, "must exceed BATCH_IMPORT_TIMEOUT"),
+        ({"RATE_LIMIT_EVENTS_PER_MINUTE": "5000"}, "must be 0 or at least MAX_BATCH_EVENTS"),
     ],
 )
 def test_bad_inputs_fail_with_a_message_before_any_gcloud_call(

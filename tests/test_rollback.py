@@ -8,6 +8,8 @@ apply again and leave the catalog a fresh migration leaves.
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -191,3 +193,138 @@ def test_down_scripts_undo_every_migration_and_the_migrations_apply_again(
     finally:
         cluster.drop("rollback_target")
         cluster.drop("rollback_baseline")
+
+
+# ------------------------------------------------------------------------- backup and restore
+
+DEPLOYMENT_DOC = ROOT / "docs" / "deployment.md"
+FINGERPRINT = """
+    select count(*), md5(coalesce(string_agg(
+        concat_ws('|', id, user_id, "timestamp", event_type, value, is_deleted), ',' order by id), ''))
+    from public.engagement_events"""
+
+
+def doc_block(after: str, language: str) -> str:
+    """The first ```language block of docs/deployment.md after the line containing `after`."""
+    text = DEPLOYMENT_DOC.read_text()
+    start = text.index(after)
+    opening = text.index(f"```{language}\n", start) + len(f"```{language}\n")
+    return text[opening : text.index("```", opening)]
+
+
+def run_doc_shell(block: str, *, cluster: localcluster.Cluster, dbname: str, cwd: Path) -> None:
+    """Run a shell block of the document against the local database (its DIRECT_URL)."""
+    script = "\n".join(
+        line for line in block.splitlines() if not line.startswith("export DIRECT_URL=")
+    )
+    env = {
+        "PATH": f"{cluster.bindir}{os.pathsep}{os.environ['PATH']}",
+        "DIRECT_URL": cluster.url("postgres", dbname),
+        "HOME": str(cwd),
+    }
+    result = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert result.returncode == 0, f"{script}\n{result.stdout}\n{result.stderr}"
+
+
+def fingerprint(cluster: localcluster.Cluster, dbname: str) -> tuple[Any, ...]:
+    with cluster.connect("postgres", dbname) as conn:
+        row = conn.execute(FINGERPRINT).fetchone()
+    assert row is not None
+    return tuple(row)
+
+
+@pytest.mark.db
+def test_the_documented_dump_brings_every_event_back_after_the_table_is_rolled_back(
+    cluster: localcluster.Cluster, tmp_path: Path
+) -> None:
+    cluster.prepare_database("restore_target")
+    try:
+        before = fingerprint(cluster, "restore_target")
+        assert before[0] > 0
+        run_doc_shell(
+            doc_block("**A table dump**", "sh"),
+            cluster=cluster,
+            dbname="restore_target",
+            cwd=tmp_path,
+        )
+        (dump,) = tmp_path.glob("engagement-*.dump")
+
+        for migration in reversed(migrations()):
+            run_down(cluster, "restore_target", down_script(migration))
+        with cluster.connect("postgres", "restore_target") as conn:
+            assert conn.execute("select to_regclass('public.engagement_events')").fetchone() == (
+                None,
+            )
+        for migration in migrations():
+            cluster.run_sql_file(migration, dbname="restore_target")
+        assert fingerprint(cluster, "restore_target")[0] == 0
+
+        restore = doc_block("**Restore into an empty table**", "sh")
+        run_doc_shell(
+            restore.replace("$stamp", dump.name.removeprefix("engagement-").removesuffix(".dump")),
+            cluster=cluster,
+            dbname="restore_target",
+            cwd=tmp_path,
+        )
+        assert fingerprint(cluster, "restore_target") == before
+    finally:
+        cluster.drop("restore_target")
+
+
+@pytest.mark.db
+def test_the_documented_merge_restores_deleted_rows_and_skips_erased_users(
+    cluster: localcluster.Cluster, tmp_path: Path
+) -> None:
+    cluster.prepare_database("merge_target")
+    try:
+        before = fingerprint(cluster, "merge_target")
+        export = doc_block("where `engagement_events.csv` was written", "sh")
+        run_doc_shell(export, cluster=cluster, dbname="merge_target", cwd=tmp_path)
+        assert (tmp_path / "engagement_events.csv").exists()
+
+        with cluster.connect("postgres", "merge_target") as conn:
+            lost = conn.execute(
+                "delete from public.engagement_events where event_type = 'app_open'"
+                " and user_id = 'a1a1a1a1-0000-4000-8000-000000000001'"
+            ).rowcount
+            # A user erased after the backup: the cascade deletes their events.
+            erased = conn.execute(
+                "select count(*) from public.engagement_events"
+                " where user_id = 'b2b2b2b2-0000-4000-8000-000000000002'"
+            ).fetchone()
+            conn.execute("delete from auth.users where id = 'b2b2b2b2-0000-4000-8000-000000000002'")
+        assert lost > 0
+        assert erased is not None
+        assert erased[0] > 0
+
+        merge = doc_block("**Merge into a table that has rows**", "sql")
+        (tmp_path / "merge.sql").write_text(merge)
+        run_doc_shell(
+            'psql "$DIRECT_URL" -X -v ON_ERROR_STOP=1 -f merge.sql',
+            cluster=cluster,
+            dbname="merge_target",
+            cwd=tmp_path,
+        )
+        after = fingerprint(cluster, "merge_target")
+        assert after[0] == before[0] - erased[0]
+        with cluster.connect("postgres", "merge_target") as conn:
+            back = conn.execute(
+                "select count(*) from public.engagement_events where event_type = 'app_open'"
+                " and user_id = 'a1a1a1a1-0000-4000-8000-000000000001'"
+            ).fetchone()
+            gone = conn.execute(
+                "select count(*) from public.engagement_events"
+                " where user_id = 'b2b2b2b2-0000-4000-8000-000000000002'"
+            ).fetchone()
+        assert back == (lost,)
+        assert gone == (0,)
+    finally:
+        cluster.drop("merge_target")
