@@ -25,9 +25,11 @@ from typing import Any
 import functions_framework
 import httpx
 import jwt
+import psycopg
 import pytest
 
 from functions import handlers, validation
+from localdb.api_roles import request_as
 from localdb.cluster import ROOT
 from tests.conftest import Database
 
@@ -430,3 +432,25 @@ def test_graphql_examples_name_real_columns_and_the_enabled_total_count(db: Data
     assert comment is not None
     assert '"totalCount": {"enabled": true}' in comment[0]
     assert "engagement_eventsCollection" in graphql
+
+
+def test_the_apps_idempotent_insert_works_for_a_signed_in_user(db: Database) -> None:
+    """The Dart `upsert(..., onConflict: 'id', ignoreDuplicates: true)` is PostgREST's
+    INSERT ... ON CONFLICT (id) DO NOTHING: a retry stores nothing twice and needs no UPDATE
+    right, which users do not have beyond is_deleted."""
+    ana = "a1a1a1a1-0000-4000-8000-000000000001"
+    row_id = "7e1d2c3b-4a5f-4e6d-8c7b-9a0b1c2d3e4f"
+    with psycopg.connect(db.cluster.dsn("authenticator", db.name)) as conn:
+        for _ in range(2):
+            with request_as(conn, "authenticated", ana):
+                conn.execute(
+                    "insert into public.engagement_events (id, user_id, timestamp, event_type, value)"
+                    " values (%s, %s, now(), 'app_open', '{\"platform\": \"ios\"}')"
+                    " on conflict (id) do nothing",
+                    (row_id, ana),
+                )
+        with request_as(conn, "authenticated", ana):
+            count = conn.execute(
+                "select count(*) from public.engagement_events where id = %s", (row_id,)
+            ).fetchone()
+    assert count == (1,)
