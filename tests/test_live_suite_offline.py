@@ -9,6 +9,8 @@
 - The Realtime half against a loopback stand-in of the Phoenix channel protocol: what the
   suite sends when it joins, that deliveries are parsed and timed, and that a leaked row of
   another user fails the check.
+- The verify_service_jwt and convert_timestamps checks, unchanged, against the real functions
+  with a secret key and HS256 tokens minted here.
 
 None of this stands in for a live run: docs/live-checks.md says how to make one.
 """
@@ -21,6 +23,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -30,6 +33,9 @@ from typing import Any
 import jwt
 import pytest
 
+from tests.live import (
+    test_functions as live_functions,
+)  # a module: its tests are not collected here
 from tests.live.api import Answer, caller_with_key, caller_with_token
 from tests.live.conftest import (
     REQUIRED_VARIABLES,
@@ -41,6 +47,7 @@ from tests.live.conftest import (
 )
 from tests.live.report import Latency as LatencyFigure
 from tests.live.report import LiveReport, latency_verdict, percentile
+from tests.live.test_functions import make_function_app, release_function_state, service_credentials
 from tests.live.test_graphql import nodes, unavailable_reason
 from tests.live.test_realtime import (
     Inbox,
@@ -620,3 +627,92 @@ def test_graphql_availability_is_read_from_the_endpoints_answer() -> None:
         {"id": "x", "user_id": ANA},
         {"id": "y", "user_id": ANA},
     ]
+
+
+# -- The function checks against the real functions, with credentials minted here -------------
+#
+# convert_timestamps and verify_service_jwt need no project when every credential is an
+# sb_secret_ key or an HS256 token: the live checks' wiring (environment, which credential is
+# used, which answer each caller must get) runs here unchanged against the package's real
+# handlers. What this cannot show is how the project's own keys and tokens fare.
+
+LOCAL_JWT_SECRET = "offline-live-suite-jwt-secret-of-forty-characters"
+
+
+def _local_project(service_key: str, jwt_secret: str | None) -> tuple[LiveEnv, LiveUsers]:
+    env = LiveEnv(
+        url="http://127.0.0.1:9",  # JWKS would be fetched from here; HS256 never needs it
+        service_key=service_key,
+        anon_key=FAKE_ANON_KEY,
+        jwt_secret=jwt_secret,
+        email_domain="example.com",
+        report_path=Path("unused.md"),
+        run_id="offline",
+    )
+    now = int(time.time())
+    members = []
+    for name, uid in (("user A", ANA), ("user B", BEN)):
+        token = jwt.encode(
+            {"sub": uid, "role": "authenticated", "iat": now, "exp": now + 600},
+            LOCAL_JWT_SECRET,
+            algorithm="HS256",
+        )
+        members.append(
+            LiveUser(
+                name, uid, f"{uid}@example.com", token, caller_with_token(name, "", token, uid)
+            )
+        )
+    return env, LiveUsers(*members)
+
+
+def test_function_checks_hold_against_the_real_functions(monkeypatch: pytest.MonkeyPatch) -> None:
+    env, users = _local_project(FAKE_SERVICE_KEY, LOCAL_JWT_SECRET)
+    report = LiveReport(project_url=env.url)
+    credentials = service_credentials(env, report)
+    assert [c.key_type for c in credentials] == ["secret_key", "legacy_jwt"]
+    factory = make_function_app(env, monkeypatch)
+    try:
+        live_functions.test_verify_service_jwt_with_the_projects_keys(factory, env, users, report)
+        live_functions.test_convert_timestamps_with_the_projects_credential(
+            factory, credentials[0], users, report
+        )
+    finally:
+        release_function_state()
+    observed = {(c.what, c.observed.split(" ")[0]) for c in report.checks}
+    assert ("verify the project's secret key (Authorization header)", "200") in observed
+    assert ("verify an HS256 token minted with the JWT secret (Authorization header)", "200") in (
+        observed
+    )
+    assert ("verify user A's access token", "403") in observed
+    assert ("verify the anon key", "403") in observed
+    assert ("verify the project's secret key with its last characters changed", "401") in observed
+    assert all(c.outcome == "pass" for c in report.checks), report.render()
+
+
+def test_without_the_jwt_secret_user_tokens_must_get_not_configured(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    env, users = _local_project(FAKE_SERVICE_KEY, None)
+    report = LiveReport(project_url=env.url)
+    factory = make_function_app(env, monkeypatch)
+    try:
+        live_functions.test_verify_service_jwt_with_the_projects_keys(factory, env, users, report)
+    finally:
+        release_function_state()
+    by_what = {c.what: c for c in report.checks}
+    assert by_what["verify user A's access token"].observed.startswith("401 not_configured")
+    assert all(c.outcome == "pass" for c in report.checks), report.render()
+
+
+def test_which_service_credentials_the_functions_can_verify() -> None:
+    report = LiveReport(project_url="https://x.supabase.co")
+    legacy = jwt.encode({"role": "service_role"}, LOCAL_JWT_SECRET, algorithm="HS256")
+    with_secret, _ = _local_project(legacy, LOCAL_JWT_SECRET)
+    without_secret, _ = _local_project(legacy, None)
+    secret_key, _ = _local_project(FAKE_SERVICE_KEY, None)
+    assert [(c.token == legacy, c.key_type) for c in service_credentials(with_secret, report)] == [
+        (True, "legacy_jwt"),
+        (False, "legacy_jwt"),
+    ]
+    assert service_credentials(without_secret, report) == []
+    assert [c.key_type for c in service_credentials(secret_key, report)] == ["secret_key"]

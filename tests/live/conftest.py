@@ -123,7 +123,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     path = config.stash.get(_REPORT_PATH_KEY, None)
-    if path is not None:
+    if path is not None and _active_report is not None:
         terminalreporter.write_line(f"live report written to {path}")
 
 

@@ -89,9 +89,8 @@ def no_credential_reason(env: LiveEnv) -> str:
 AppFactory = Callable[[str], FlaskClient]
 
 
-@pytest.fixture
-def function_app(live_env: LiveEnv, monkeypatch: pytest.MonkeyPatch) -> Iterator[AppFactory]:
-    """functions-framework apps configured for the live project and the REST sink."""
+def make_function_app(live_env: LiveEnv, monkeypatch: pytest.MonkeyPatch) -> AppFactory:
+    """A factory of functions-framework apps configured for the project and the REST sink."""
 
     def factory(target: str) -> FlaskClient:
         for name in _FUNCTION_VARIABLES:
@@ -110,12 +109,23 @@ def function_app(live_env: LiveEnv, monkeypatch: pytest.MonkeyPatch) -> Iterator
         client: FlaskClient = app.test_client()
         return client
 
-    yield factory
+    return factory
+
+
+def release_function_state() -> None:
+    """Close the sink the apps opened and forget the cached settings."""
     if handlers.state.cache_info().currsize:
         sink = handlers.state()._sink
         if sink is not None:
             sink.close()
     handlers.state.cache_clear()
+
+
+@pytest.fixture
+def function_app(live_env: LiveEnv, monkeypatch: pytest.MonkeyPatch) -> Iterator[AppFactory]:
+    """functions-framework apps configured for the live project and the REST sink."""
+    yield make_function_app(live_env, monkeypatch)
+    release_function_state()
 
 
 @pytest.fixture
