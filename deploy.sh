@@ -200,7 +200,7 @@ case "$ACCESS" in public | private) ;; *) need "ACCESS must be public or private
 
 use_jwt_secret=0 use_secret_keys=0 use_jwks=0
 IFS=',' read -r -a credential_kinds <<<"$CREDENTIALS"
-for kind in "${credential_kinds[@]}"; do
+for kind in ${credential_kinds[@]+"${credential_kinds[@]}"}; do
   case "$kind" in
     jwt_secret) use_jwt_secret=1 ;;
     secret_keys) use_secret_keys=1 ;;
@@ -451,12 +451,13 @@ fi
 
 # ---------------------------------------------------------------------------- values of secrets
 # Asked for before anything changes, so that a missing value stops the run with nothing done.
+# A dry run needs no values: it shows where each would go.
 
 random_secret_key() {
   printf 'sb_secret_%s' "$(head -c 30 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')"
 }
 
-if [ "$CREATE_SECRETS" -eq 1 ]; then
+if [ "$CREATE_SECRETS" -eq 1 ] && [ "$DRY_RUN" -eq 0 ]; then
   for variable in "${all_secrets[@]}"; do
     if [ -n "${!variable:-}" ]; then continue; fi
     if secret_exists "$variable"; then continue; fi  # keep what is stored
@@ -501,6 +502,10 @@ if [ "$CREATE_SECRETS" -eq 1 ]; then
     if ! secret_exists "$variable"; then
       change_with_secret "$variable" gcloud secrets create "$name" --replication-policy=automatic \
         --data-file=- --project="$PROJECT_ID" --quiet
+    elif [ -n "${!variable:-}" ] && [ "$DRY_RUN" -eq 1 ]; then
+      say "secret $name exists; a new version is added if $variable differs from the stored value"
+      change_with_secret "$variable" gcloud secrets versions add "$name" --data-file=- \
+        --project="$PROJECT_ID" --quiet
     elif [ -n "${!variable:-}" ]; then
       stored=$(gcloud secrets versions access latest --secret="$name" --project="$PROJECT_ID" 2>/dev/null || true)
       if [ "$stored" = "${!variable}" ]; then

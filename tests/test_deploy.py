@@ -510,6 +510,19 @@ def test_dry_run_prints_every_change_and_makes_none(project: FakeProject) -> Non
     assert_no_secret_leaked(run)
 
 
+def test_dry_run_after_a_deploy_reads_no_secret_and_plans_updates(project: FakeProject) -> None:
+    assert project.run(*FULL).returncode == 0
+    existing = project.state()["existing"]
+    run = project.run(*FULL, "--dry-run")
+    assert run.returncode == 0, run.output
+    assert [argv for argv in run.argvs() if _is_mutation(argv)] == []
+    assert run.find("secrets", "versions", "access") == [], "a dry run read a secret value"
+    assert "[dry-run] gcloud scheduler jobs update http engagement-steps-import" in run.stdout
+    assert "gcloud secrets create" not in run.stdout
+    assert project.state()["existing"] == existing
+    assert_no_secret_leaked(run)
+
+
 # ---------------------------------------------------------------------------------- inputs
 
 
