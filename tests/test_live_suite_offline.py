@@ -11,6 +11,8 @@
   another user fails the check.
 - The verify_service_jwt and convert_timestamps checks, unchanged, against the real functions
   with a secret key and HS256 tokens minted here.
+- The REST checks, unchanged, against an in-memory model of the table's rules: they pass as
+  designed and fail when one rule is broken.
 
 None of this stands in for a live run: docs/live-checks.md says how to make one.
 """
@@ -28,7 +30,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import jwt
 import pytest
@@ -36,7 +38,8 @@ import pytest
 from tests.live import (
     test_functions as live_functions,
 )  # a module: its tests are not collected here
-from tests.live.api import Answer, caller_with_key, caller_with_token
+from tests.live import test_rest_rls as live_rest  # a module: its tests are not collected here
+from tests.live.api import Answer, Caller, DataApi, caller_with_key, caller_with_token
 from tests.live.conftest import (
     REQUIRED_VARIABLES,
     LiveEnv,
@@ -659,7 +662,11 @@ def _local_project(service_key: str, jwt_secret: str | None) -> tuple[LiveEnv, L
         )
         members.append(
             LiveUser(
-                name, uid, f"{uid}@example.com", token, caller_with_token(name, "", token, uid)
+                name,
+                uid,
+                f"{uid}@example.com",
+                token,
+                caller_with_token(name, FAKE_ANON_KEY, token, uid),
             )
         )
     return env, LiveUsers(*members)
@@ -716,3 +723,140 @@ def test_which_service_credentials_the_functions_can_verify() -> None:
     ]
     assert service_credentials(without_secret, report) == []
     assert [c.key_type for c in service_credentials(secret_key, report)] == ["secret_key"]
+
+
+# -- The REST checks against a model of the table's rules ----------------------------------------
+#
+# A small in-memory model answers the Data API calls the REST checks make with PostgREST's
+# documented shapes, following the migration's rules (own rows only, one-way soft delete,
+# column grants, no delete for users, nothing for anon). Run as designed, every REST check
+# passes; with one rule broken on purpose, the check that guards it fails. It proves the
+# judging, not the project: the project's own answers come only from a live run.
+
+
+class TableModel:
+    """engagement_events behind a pretend Data API, optionally with one rule broken."""
+
+    def __init__(self, service_key: str, broken: str | None = None) -> None:
+        self.service_key = service_key
+        self.broken = broken
+        self.rows: dict[str, dict[str, Any]] = {}
+
+    def _role(self, who: Caller) -> str:
+        if who.headers.get("Authorization") == f"Bearer {self.service_key}":
+            return "service_role"
+        return "authenticated" if who.user_id else "anon"
+
+    @staticmethod
+    def _denied(status: int) -> Answer:
+        return Answer(status, {"code": "42501", "message": "permission denied", "hint": None})
+
+    def _match(self, filters: dict[str, str]) -> list[dict[str, Any]]:
+        found = []
+        for row in self.rows.values():
+            ok = True
+            for column, condition in filters.items():
+                if column == "select":
+                    continue
+                op, _, value = condition.partition(".")
+                wanted = value.strip("()").split(",") if op == "in" else [value]
+                ok = ok and str(row.get(column)) in wanted
+            if ok:
+                found.append(row)
+        return found
+
+    def _visible(self, who: Caller, filters: dict[str, str]) -> list[dict[str, Any]]:
+        rows = self._match(filters)
+        if self._role(who) == "service_role" or self.broken == "select":
+            return rows
+        return [r for r in rows if r["user_id"] == who.user_id]
+
+    def select(self, who: Caller, **filters: str) -> Answer:
+        if self._role(who) == "anon":
+            return self._denied(401)
+        return Answer(200, [dict(r) for r in self._visible(who, filters)])
+
+    def insert(self, who: Caller, rows: list[dict[str, Any]]) -> Answer:
+        role = self._role(who)
+        if role == "anon":
+            return self._denied(401)
+        if role == "authenticated" and any(
+            r["user_id"] != who.user_id or "is_deleted" in r for r in rows
+        ):
+            return self._denied(403)
+        for r in rows:
+            self.rows[r["id"]] = {"is_deleted": False, **r}
+        return Answer(201, None)
+
+    def update(self, who: Caller, patch: dict[str, Any], **filters: str) -> Answer:
+        role = self._role(who)
+        if role == "anon":
+            return self._denied(401)
+        targets = self._visible(who, filters)
+        if role == "authenticated":
+            if set(patch) - {"is_deleted"} or patch.get("is_deleted") is not True:
+                return self._denied(403)
+            if self.broken == "soft_delete_others":
+                targets = self._match(filters)
+        for r in targets:
+            r.update(patch)
+        return Answer(200, [dict(r) for r in targets])
+
+    def delete(self, who: Caller, **filters: str) -> Answer:
+        role = self._role(who)
+        if role != "service_role":
+            return self._denied(401 if role == "anon" else 403)
+        gone = self._match(filters)
+        for r in gone:
+            del self.rows[r["id"]]
+        return Answer(200, gone)
+
+
+def _rest_checks(broken: str | None) -> tuple[LiveReport, list[str]]:
+    model = TableModel(FAKE_SERVICE_KEY, broken)
+    api = cast(DataApi, model)
+    _, users = _local_project(FAKE_SERVICE_KEY, None)
+    anon = caller_with_key("anon", FAKE_ANON_KEY)
+    service = caller_with_key("service_role", FAKE_SERVICE_KEY)
+    report = LiveReport(project_url="https://model.invalid")
+    failed = []
+    for test in (
+        live_rest.test_select_each_role_sees_only_its_own_rows,
+        live_rest.test_insert_own_rows_only,
+        live_rest.test_update_is_a_one_way_soft_delete_of_own_rows,
+        live_rest.test_only_service_role_deletes,
+    ):
+        try:
+            test(api, users, anon, service, report)
+        except AssertionError:
+            failed.append(test.__name__)
+    return report, failed
+
+
+def test_rest_checks_pass_when_the_rules_hold() -> None:
+    report, failed = _rest_checks(broken=None)
+    assert failed == []
+    assert len(report.checks) >= 20
+    assert all(c.outcome == "pass" for c in report.checks), report.render()
+    refusals = [c for c in report.checks if c.codes == ("42501",)]
+    assert {c.who for c in refusals} == {"user A", "anon"}
+
+
+@pytest.mark.parametrize(
+    ("broken", "failing_test", "failing_check"),
+    [
+        ("select", "test_select_each_role_sees_only_its_own_rows", "select all events"),
+        (
+            "soft_delete_others",
+            "test_update_is_a_one_way_soft_delete_of_own_rows",
+            "soft-delete B's event",
+        ),
+    ],
+)
+def test_rest_checks_fail_when_a_user_reaches_another_users_rows(
+    broken: str, failing_test: str, failing_check: str
+) -> None:
+    report, failed = _rest_checks(broken=broken)
+    assert failing_test in failed
+    assert failing_check in {c.what for c in report.failed}
+    assert report.verdict().startswith("FAIL")

@@ -259,7 +259,9 @@ def users(
         for letter in ("a", "b"):
             name = f"user {letter.upper()}"
             email = f"{EMAIL_PREFIX}{live_env.run_id}-{letter}@{live_env.email_domain}"
-            password = secrets.token_urlsafe(24)
+            # Random, and with every character class, so that the strictest password policy
+            # a project can set (lower, upper, digit, symbol) accepts it.
+            password = secrets.token_urlsafe(24) + "aZ7!"
             report.add_secret(password)
             try:
                 made = admin.auth.admin.create_user(
