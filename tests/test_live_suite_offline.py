@@ -860,3 +860,21 @@ def test_rest_checks_fail_when_a_user_reaches_another_users_rows(
     assert failing_test in failed
     assert failing_check in {c.what for c in report.failed}
     assert report.verdict().startswith("FAIL")
+
+
+def test_information_is_rendered_but_never_decides_the_verdict() -> None:
+    report = LiveReport(project_url="https://abcdefghij.supabase.co")
+    report.record("Functions", "service_role", "import", expected="200", ok=True, observed="200")
+    report.inform(
+        "Functions",
+        "service_role",
+        "erase the unknown user's dead-lettered event",
+        observed="404 PGRST202: Could not find the function",
+        codes=["PGRST202"],
+    )
+    text = report.render()
+    assert (
+        "| 2 | service_role | erase the unknown user's dead-lettered event | - | recorded |" in text
+    )
+    assert "1 recorded for information" in text
+    assert report.verdict().startswith("PASS")

@@ -122,6 +122,22 @@ class LiveReport:
         self.checks.append(check)
         return check
 
+    def inform(
+        self, area: str, who: str, what: str, *, observed: str, codes: Iterable[str | None] = ()
+    ) -> Check:
+        """Add an observation that no requirement applies to (it never decides the verdict)."""
+        check = Check(
+            area=area,
+            who=who,
+            what=what,
+            expected="-",
+            outcome="info",
+            observed=self.scrub(observed),
+            codes=tuple(self.scrub(c) for c in codes if c),
+        )
+        self.checks.append(check)
+        return check
+
     def note(self, text: str) -> None:
         self.notes.append(self.scrub(text))
 
