@@ -475,6 +475,30 @@ if [ "$CREATE_SECRETS" -eq 1 ] && [ "$DRY_RUN" -eq 0 ]; then
   done
 fi
 
+if [ "$SCHEDULER" -eq 1 ]; then
+  # The key the job sends: the first of SUPABASE_SECRET_KEYS as the functions will have it (with
+  # --create-secrets, the value about to be stored; otherwise the stored one, read back so that a
+  # stray variable cannot diverge from it). Checked before anything changes. A dry run reads no
+  # secret and uses a placeholder.
+  scheduler_key=""
+  if [ "$CREATE_SECRETS" -eq 1 ] && [ -n "${SUPABASE_SECRET_KEYS:-}" ]; then
+    scheduler_key=${SUPABASE_SECRET_KEYS%%,*}
+  elif [ "$DRY_RUN" -eq 0 ]; then
+    scheduler_key=$(gcloud secrets versions access latest --secret="$(secret_name SUPABASE_SECRET_KEYS)" \
+      --project="$PROJECT_ID" 2>/dev/null || true)
+    scheduler_key=${scheduler_key%%,*}
+  fi
+  scheduler_key=${scheduler_key//[[:space:]]/}
+  if ! [[ $scheduler_key =~ ^sb_secret_[A-Za-z0-9_-]+$ ]]; then
+    if [ "$DRY_RUN" -eq 1 ]; then
+      scheduler_key=sb_secret_DRY_RUN_PLACEHOLDER
+    else
+      echo "deploy.sh: the first entry of secret $(secret_name SUPABASE_SECRET_KEYS) is not an sb_secret_ key, so the scheduler job could not authenticate; nothing was changed" >&2
+      exit 2
+    fi
+  fi
+fi
+
 # ---------------------------------------------------------------------------- changes
 
 if [ "$ENABLE_APIS" -eq 1 ]; then
@@ -566,26 +590,6 @@ if [ "$DRY_RUN" -eq 1 ]; then
 else
   url=$(gcloud functions describe batch_import --gen2 --region="$REGION" --project="$PROJECT_ID" \
     --format='value(serviceConfig.uri)')
-fi
-
-# The key the job sends: the first of SUPABASE_SECRET_KEYS (the given value, else the stored
-# one; a dry run reads no secret and writes a placeholder).
-scheduler_key=""
-if [ -n "${SUPABASE_SECRET_KEYS:-}" ]; then
-  scheduler_key=${SUPABASE_SECRET_KEYS%%,*}
-elif [ "$DRY_RUN" -eq 0 ]; then
-  scheduler_key=$(gcloud secrets versions access latest --secret="$(secret_name SUPABASE_SECRET_KEYS)" \
-    --project="$PROJECT_ID" 2>/dev/null || true)
-  scheduler_key=${scheduler_key%%,*}
-fi
-scheduler_key=${scheduler_key//[[:space:]]/}
-if ! [[ $scheduler_key =~ ^sb_secret_[A-Za-z0-9_-]+$ ]]; then
-  if [ "$DRY_RUN" -eq 1 ]; then
-    scheduler_key=sb_secret_DRY_RUN_PLACEHOLDER
-  else
-    echo "deploy.sh: the first entry of secret $(secret_name SUPABASE_SECRET_KEYS) is not an sb_secret_ key; the scheduler job was not changed" >&2
-    exit 1
-  fi
 fi
 
 # The apikey header holds a secret, so it goes to gcloud in a flags file only this user can

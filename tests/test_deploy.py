@@ -467,6 +467,19 @@ def test_a_changed_secret_value_becomes_a_new_version(project: FakeProject) -> N
     assert "NEWPASSWORD" not in run.output + json.dumps(run.argvs())
 
 
+def test_without_create_secrets_the_job_gets_the_stored_key_not_the_environment(
+    project: FakeProject,
+) -> None:
+    assert project.run(*FULL).returncode == 0
+    stray = "sb_secret_STRAYkeyFROMtheSHELL0123456789"
+    run = project.run(env=project.env(SUPABASE_SECRET_KEYS=stray))
+    assert run.returncode == 0, run.output
+    (job,) = run.find("scheduler", "jobs", "update")
+    sent = json.loads(job["flags_file"])["--update-headers"]["apikey"]
+    assert sent == "sb_secret_SCHEDULERkey0123456789abcdef"
+    assert run.find("secrets", "versions", "add") == []
+
+
 def test_generated_scheduler_key_is_stored_and_sent(project: FakeProject) -> None:
     run = project.run(*FULL, env=project.env(SUPABASE_SECRET_KEYS=None))
     assert run.returncode == 0, run.output
@@ -599,6 +612,26 @@ def test_missing_secret_without_create_secrets_changes_nothing(project: FakeProj
     assert "secret engagement-database-url (for DATABASE_URL) does not exist" in run.stderr
     assert "--create-secrets" in run.stderr
     assert [argv for argv in run.argvs() if _is_mutation(argv)] == []
+
+
+def test_a_stored_key_the_scheduler_cannot_send_stops_before_any_change(
+    project: FakeProject,
+) -> None:
+    names = ["engagement-supabase-jwt-secret", "engagement-supabase-secret-keys"]
+    names.append("engagement-database-url")
+    state = {
+        "account": "ops@example.com",
+        "existing": [f"sa:{RUNTIME_SA}", f"sa:{SCHEDULER_SA}", *(f"secret:{n}" for n in names)],
+        "values": {"engagement-supabase-secret-keys": "not-an-sb-secret-key"},
+        "url": URL,
+    }
+    project.state_path.write_text(json.dumps(state))
+    run = project.run(env=project.env(SUPABASE_SECRET_KEYS=None))
+    assert run.returncode == 2
+    assert "is not an sb_secret_ key" in run.stderr
+    assert "nothing was changed" in run.stderr
+    assert [argv for argv in run.argvs() if _is_mutation(argv)] == []
+    assert "not-an-sb-secret-key" not in run.output
 
 
 def test_help_explains_every_option_and_variable(project: FakeProject) -> None:
