@@ -291,7 +291,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         side_sink = PostgresSink(side_db.url)
         try:
             # Warm up both sides (first connections, caches) with a small batch each.
-            warm = common.make_events(100, users, seed=7)
+            warm = common.make_events(100, users, seed=10**6)
             post_batches(server, request_bodies(warm, per_request))
             common.copy_rows(copy_db, common.render_copy(normalise(warm)))
             breakdown(request_bodies(warm, per_request)[0], side_sink)
