@@ -55,6 +55,7 @@ case "$report" in
   *) report="$PWD/$report" ;;
 esac
 export LIVE_REPORT="$report"
+export LIVE_CHECKS=1 # the suite skips itself without this opt-in (tests/live/conftest.py)
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 # shellcheck source=scripts/setup.sh

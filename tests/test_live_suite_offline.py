@@ -153,6 +153,7 @@ def test_an_unreachable_project_fails_and_the_report_says_so_without_keys(
         SUPABASE_ANON_KEY=FAKE_ANON_KEY,
         SUPABASE_JWT_SECRET=jwt_secret,
         LIVE_REPORT=str(report),
+        LIVE_CHECKS="1",
     )
     result = run_live_suite(env, "-x")
     summary = result.stdout.strip().splitlines()[-1]
@@ -168,6 +169,25 @@ def test_an_unreachable_project_fails_and_the_report_says_so_without_keys(
     for secret in (FAKE_SERVICE_KEY, FAKE_ANON_KEY, jwt_secret):
         assert secret not in text
         assert secret not in result.stdout + result.stderr
+
+
+def test_credentials_alone_do_not_run_the_live_suite(tmp_path: Path) -> None:
+    """scripts/test.sh with a project's keys exported must not touch that project."""
+    report = tmp_path / "report.md"
+    env = clean_env(
+        SUPABASE_URL="http://127.0.0.1:9",
+        SUPABASE_SERVICE_ROLE_KEY=FAKE_SERVICE_KEY,
+        SUPABASE_ANON_KEY=FAKE_ANON_KEY,
+        LIVE_REPORT=str(report),
+    )
+    result = run_live_suite(env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = result.stdout.strip().splitlines()[-1]
+    assert "skipped" in summary
+    assert "failed" not in summary
+    assert "passed" not in summary
+    assert "scripts/live-check.sh (LIVE_CHECKS=1)" in result.stdout
+    assert not report.exists()
 
 
 def test_live_check_script_refuses_without_the_variables() -> None:

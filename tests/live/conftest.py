@@ -51,10 +51,25 @@ def skip_reason(missing: Sequence[str]) -> str:
     )
 
 
+OPT_IN_VARIABLE = "LIVE_CHECKS"
+"""Set to 1 by scripts/live-check.sh. Credentials alone are not enough: a developer with a
+project's keys exported must not create and delete users there by running scripts/test.sh."""
+
+NOT_OPTED_IN = (
+    "live checks create and delete users in the project: they run only through "
+    "scripts/live-check.sh (LIVE_CHECKS=1)"
+)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark every test of this folder `live`, and skip them all when credentials are missing."""
+    """Mark every test of this folder `live`, and skip them all when credentials are missing
+    or the run did not opt in."""
     missing = missing_variables()
-    skip = pytest.mark.skip(reason=skip_reason(missing)) if missing else None
+    skip = None
+    if missing:
+        skip = pytest.mark.skip(reason=skip_reason(missing))
+    elif os.environ.get(OPT_IN_VARIABLE) != "1":
+        skip = pytest.mark.skip(reason=NOT_OPTED_IN)
     for item in items:
         if LIVE_DIR in item.path.resolve().parents:
             item.add_marker(pytest.mark.live)
