@@ -53,7 +53,8 @@ SECRET_FRAGMENTS = (
     "service-role-KEY-value",
 )
 
-FAKE_GCLOUD = r"""#!{python}
+# -S: no site packages, so each of the many calls starts fast; it needs the standard library only.
+FAKE_GCLOUD = r"""#!{python} -S
 import json, os, stat, sys
 
 args = sys.argv[1:]
