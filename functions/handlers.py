@@ -292,10 +292,9 @@ def _oversized_events(events: list[Any], request: flask.Request, limit: int) -> 
 
 
 def _oversized_rejection(index: int, event: Any, limit: int) -> validation.Rejection:
-    event_id = event.get("event_id") if isinstance(event, dict) else None
     return validation.Rejection(
         index=index,
-        event_id=event_id if isinstance(event_id, str) else None,
+        event_id=validation.echoed_event_id(event),
         errors=(validation.FieldError("", f"the event is larger than the limit of {limit} bytes"),),
     )
 

@@ -12,6 +12,7 @@ the status below; this table is the only place an exception becomes a status cod
 from __future__ import annotations
 
 import json
+import math
 import re
 import uuid
 import zlib
@@ -38,6 +39,7 @@ from functions.errors import (
 REQUEST_ID_HEADER = "X-Request-Id"
 _CALLER_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{8,64}")
 _READ_CHUNK = 64 * 1024
+_DISCARD_LIMIT = 64 * 1024 * 1024
 
 
 def request_id_for(request: flask.Request) -> str:
@@ -74,11 +76,17 @@ def read_json(request: flask.Request, *, max_body_bytes: int) -> Any:
             "Content-Encoding must be gzip or absent"
             + (f", not {encoding}" if len(encoding) <= 32 else "")
         )
+    # A gzip body that decompresses to at most the limit is itself at most slightly larger
+    # (stored blocks add 5 bytes per 64 KiB, the header and trailer 18), so the compressed read
+    # is capped just above the limit: memory stays near max_body_bytes however large a body is.
+    ceiling = max_body_bytes if encoding == "identity" else compressed_ceiling(max_body_bytes)
     declared = request.content_length
-    if encoding == "identity" and declared is not None and declared > max_body_bytes:
-        raise PayloadTooLarge(f"the body is {declared} bytes; the limit is {max_body_bytes}")
+    if declared is not None and declared > ceiling:
+        what = "body" if encoding == "identity" else "compressed body"
+        _discard(request.stream)
+        raise PayloadTooLarge(f"the {what} is {declared} bytes; the limit is {ceiling}")
 
-    raw = _read_limited(request, max_body_bytes if encoding == "identity" else None)
+    raw = _read_limited(request, ceiling)
     body = _gunzip_limited(raw, max_body_bytes) if encoding == "gzip" else raw
     if not body.strip():
         raise MalformedRequest("the body is empty; send a JSON document")
@@ -88,19 +96,28 @@ def read_json(request: flask.Request, *, max_body_bytes: int) -> Any:
         raise MalformedRequest(f"the body is not valid UTF-8 (byte {exc.start})") from None
     try:
         return json.loads(
-            text, parse_constant=_refuse_constant, object_pairs_hook=_refuse_duplicate_keys
+            text,
+            parse_constant=_refuse_constant,
+            parse_float=_finite_float,
+            object_pairs_hook=_refuse_duplicate_keys,
         )
     except json.JSONDecodeError as exc:
         raise MalformedRequest(
             f"the body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from None
+    except ValueError:
+        # Python refuses integers of more than 4300 digits (sys.int_info.str_digits_check_threshold)
+        raise MalformedRequest("a number in the body has too many digits") from None
     except RecursionError:
         raise MalformedRequest("the body is nested too deeply") from None
 
 
-def _read_limited(request: flask.Request, limit: int | None) -> bytes:
-    # A compressed body is bounded by what it decompresses to; read at most 1 GiB of it.
-    ceiling = limit if limit is not None else 1 << 30
+def compressed_ceiling(max_body_bytes: int) -> int:
+    """The largest gzip body read for a decompressed limit of ``max_body_bytes``."""
+    return max_body_bytes + max_body_bytes // 4096 + 1024
+
+
+def _read_limited(request: flask.Request, ceiling: int) -> bytes:
     stream = request.stream
     parts: list[bytes] = []
     size = 0
@@ -110,9 +127,26 @@ def _read_limited(request: flask.Request, limit: int | None) -> bytes:
             break
         size += len(chunk)
         if size > ceiling:
+            _discard(stream)
             raise PayloadTooLarge(f"the body is over the limit of {ceiling} bytes")
         parts.append(chunk)
     return b"".join(parts)
+
+
+def _discard(stream: Any) -> None:
+    """Read what is left of a refused body and drop it.
+
+    functions-framework reads the whole request after every response (``request.get_data()``,
+    so that clients still sending do not see the connection reset) and keeps it in memory;
+    reading it here first, chunk by chunk, leaves nothing for it to keep. Cloud Functions
+    refuses requests over 32 MiB, so this ends; the cap is for anything else in front.
+    """
+    left = _DISCARD_LIMIT
+    while left > 0:
+        chunk = stream.read(min(_READ_CHUNK, left))
+        if not chunk:
+            return
+        left -= len(chunk)
 
 
 def _gunzip_limited(data: bytes, limit: int) -> bytes:
@@ -128,11 +162,20 @@ def _gunzip_limited(data: bytes, limit: int) -> bytes:
         raise PayloadTooLarge(f"the body decompresses to more than the limit of {limit} bytes")
     if not inflater.eof:
         raise MalformedRequest("the gzip data is truncated")
+    if inflater.unused_data:
+        raise MalformedRequest("there is data after the end of the gzip stream")
     return out
 
 
 def _refuse_constant(name: str) -> Any:
     raise MalformedRequest(f"{name} is not valid JSON; send numbers as finite values")
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if math.isinf(number):
+        raise MalformedRequest("a number in the body is too large for a double (over 1.8e308)")
+    return number
 
 
 def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -228,6 +228,12 @@ class ServiceAuthenticator:
                 f"the credential is longer than {MAX_CREDENTIAL_CHARS} characters",
                 code="malformed",
             )
+        if not credential.isascii():
+            # JWTs (base64url) and API keys are ASCII; anything else (a lone surrogate from a
+            # JSON body included, which no codec can encode) cannot be one.
+            raise AuthError(
+                "the credential contains characters that no JWT or API key has", code="malformed"
+            )
         if credential.startswith(SECRET_KEY_PREFIX):
             return self._identify_secret_key(credential)
         if credential.startswith(PUBLISHABLE_KEY_PREFIX):

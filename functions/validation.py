@@ -294,7 +294,7 @@ def normalise_event(
 
     sent_id = event.get("event_id")
     if errors or moment is None or canonical_value is None:
-        return Rejection(index, sent_id if isinstance(sent_id, str) else None, tuple(errors))
+        return Rejection(index, echoed_event_id(event), tuple(errors))
 
     user_id_text: str = event["user_id"]
     event_type = event["event_type"]  # a str: the schema has been passed
@@ -319,6 +319,18 @@ def _user_uuid(text: str) -> uuid.UUID:
     """``uuid.UUID(text)``, cached: a batch names the same few users again and again, and
     parsing a UUID costs more than the rest of an event's id handling (UUIDs are immutable)."""
     return uuid.UUID(text)
+
+
+MAX_ECHOED_EVENT_ID_CHARS: Final = 64
+"""A rejected event's ``event_id`` is repeated only up to this length (a UUID has 36)."""
+
+
+def echoed_event_id(event: Any) -> str | None:
+    """The ``event_id`` a rejection repeats to the caller: the string sent, so that callers
+    with ids of their own can match rejections, unless it is longer than
+    :data:`MAX_ECHOED_EVENT_ID_CHARS` (then it is no id but data, and not repeated)."""
+    sent = event.get("event_id") if isinstance(event, dict) else None
+    return sent if isinstance(sent, str) and len(sent) <= MAX_ECHOED_EVENT_ID_CHARS else None
 
 
 def normalise_batch(
