@@ -81,9 +81,11 @@ Limits and load caps (defaults in brackets; docs/deployment.md has the arithmeti
   SCHEDULER_ATTEMPT_DEADLINE seconds [90]  SCHEDULER_MAX_RETRIES [3]
 
 Plain settings passed to the functions when set (see docs/functions.md):
-  SUPABASE_URL (required for --sink rest and for jwks), SUPABASE_JWKS_URL, MAX_BATCH_EVENTS,
-  MAX_BODY_BYTES, MAX_EVENT_BYTES, FUTURE_SKEW_SECONDS, RATE_LIMIT_REQUESTS_PER_MINUTE,
-  RATE_LIMIT_EVENTS_PER_MINUTE (the last two to batch_import only)
+  SUPABASE_URL (required for --sink rest and for jwks; whenever it is set, the functions also
+  accept JWTs signed with the project's asymmetric keys, from its JWKS), SUPABASE_JWKS_URL,
+  MAX_BATCH_EVENTS, MAX_BODY_BYTES, MAX_EVENT_BYTES, FUTURE_SKEW_SECONDS,
+  RATE_LIMIT_REQUESTS_PER_MINUTE, RATE_LIMIT_EVENTS_PER_MINUTE (the last two to batch_import only).
+  Always set: GOOGLE_CLOUD_PROJECT (for the logs' trace links) and TIME_BUDGET_SECONDS.
 
 Examples:
   PROJECT_ID=my-project REGION=europe-west1 SCHEDULER_BODY_FILE=steps.json ./deploy.sh --dry-run
@@ -408,7 +410,9 @@ secrets_of() {  # FUNCTION -> "VAR=secret:latest,..."; only batch_import gets th
 }
 
 env_of() {  # FUNCTION -> "VAR=value,..." of the plain settings that are set
-  local list=() name
+  # GOOGLE_CLOUD_PROJECT: the Python runtimes of 2nd-gen functions do not set it, and the log
+  # lines need it to link their trace id to Cloud Trace (functions/log.py).
+  local list=("GOOGLE_CLOUD_PROJECT=$PROJECT_ID") name
   for name in SUPABASE_URL SUPABASE_JWKS_URL MAX_BATCH_EVENTS MAX_BODY_BYTES MAX_EVENT_BYTES \
     FUTURE_SKEW_SECONDS; do
     if [ -n "${!name:-}" ]; then list+=("$name=${!name}"); fi
@@ -559,14 +563,13 @@ for function in "${FUNCTIONS[@]}"; do
   fi
   env_vars=$(env_of "$function")
   secret_refs=$(secrets_of "$function")
-  if [ -n "$env_vars" ]; then env_flag=--set-env-vars="$env_vars"; else env_flag=--clear-env-vars; fi
   if [ -n "$secret_refs" ]; then secrets_flag=--set-secrets="$secret_refs"; else secrets_flag=--clear-secrets; fi
   say "deploying $function"
   change gcloud functions deploy "$function" --gen2 --project="$PROJECT_ID" --region="$REGION" \
     --runtime="$RUNTIME" --source=. --entry-point="$function" --trigger-http "$access_flag" \
     --service-account="$RUNTIME_SERVICE_ACCOUNT" --memory="$memory" --cpu="$cpu" \
     --timeout="${timeout}s" --min-instances=0 --max-instances="$max_instances" \
-    --concurrency="$concurrency" --ingress-settings=all "$env_flag" "$secrets_flag" \
+    --concurrency="$concurrency" --ingress-settings=all --set-env-vars="$env_vars" "$secrets_flag" \
     --update-labels=app=engagement-events --quiet
 done
 
