@@ -213,11 +213,11 @@ def write_results(
         "figures": figures,
     }
     path.write_text(json.dumps(record, indent=2, sort_keys=False) + "\n")
-    print(f"results: {_shown(path)}")
+    print(f"results: {shown(path)}")
     return path
 
 
-def _shown(path: Path) -> str:
+def shown(path: Path) -> str:
     """A path relative to the project when it is inside it (what the doc and logs show)."""
     try:
         return str(path.relative_to(ROOT))

@@ -8,11 +8,13 @@ Functions) in requests of ``--request-events`` over one keep-alive connection, a
 same rows (validated and rendered in the benchmark, untimed) loaded with one COPY into the
 other database. The order alternates between repetitions; medians are reported.
 
-The breakdown times the handler's stages in-process with the handler's own code: reading the
-body (``functions.http.read_json``), validation and conversion (``functions.validation``),
-conversion alone (``functions.timestamps.to_utc``), and the sink's write
-(``functions.sinks.postgres.PostgresSink``); what the HTTP round trip costs beyond their sum
-is HTTP, the framework, authentication, the rate limit and the response.
+The breakdown times the handler's stages in-process with the handler's own code: reading and
+parsing the body (``functions.http.read_json``), the rate limit's round trip
+(``PostgresSink.take_rate_limit``), the per-event size check (``handlers._oversized_events``),
+validation (``functions.validation``) less conversion, conversion alone
+(``functions.timestamps.to_utc``), and the sink's write (``PostgresSink.write``); what the HTTP
+round trip costs beyond their sum is HTTP and gunicorn, the framework, authentication, the
+response and its log line.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import json
 import time
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import flask
@@ -30,9 +33,9 @@ import psycopg
 from werkzeug.test import EnvironBuilder
 
 from bench import common
+from functions import handlers, timestamps, validation
 from functions import http as fhttp
-from functions import timestamps, validation
-from functions.config import DEFAULT_MAX_BODY_BYTES
+from functions.config import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_EVENT_BYTES
 from functions.sinks.postgres import PostgresSink
 from localdb import functions_local
 
@@ -119,6 +122,22 @@ def breakdown(body: bytes, sink: PostgresSink) -> dict[str, float]:
     parsed = fhttp.read_json(request, max_body_bytes=DEFAULT_MAX_BODY_BYTES)
     parse = time.perf_counter() - started
 
+    started = time.perf_counter()
+    sink.take_rate_limit(
+        "bench:ingest",
+        len(parsed["events"]),
+        requests_per_minute=1_000_000,
+        events_per_minute=1_000_000_000,
+        deadline=time.monotonic() + 60,
+    )
+    rate_limit = time.perf_counter() - started
+
+    started = time.perf_counter()
+    oversized = handlers._oversized_events(parsed["events"], request, DEFAULT_MAX_EVENT_BYTES)
+    size_check = time.perf_counter() - started
+    if oversized:
+        raise RuntimeError("generated events over the size limit")
+
     received_at = datetime.now(UTC)
     started = time.perf_counter()
     envelope = validation.parse_envelope(parsed)
@@ -143,6 +162,8 @@ def breakdown(body: bytes, sink: PostgresSink) -> dict[str, float]:
         raise RuntimeError(f"the sink stored {result.inserted} of {len(valid)} rows")
     return {
         "parse": parse,
+        "rate_limit": rate_limit,
+        "size_check": size_check,
         "validate": validate_and_convert - convert,
         "convert": convert,
         "write": write,
@@ -375,5 +396,57 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print("  write strategies (rows/s, median):")
         for name, entry in strategies.items():
             print(f"    {entry['rows_per_second']:>9,}  {name}")
+    _, img_dir = common.output_dirs(args)
+    figures["plot"] = plot(per_size, stage_table, img_dir / "ingest.png")
     common.write_results("ingest", figures, args, machine)
     return figures
+
+
+def plot(per_size: dict[str, Any], stages: dict[str, Any], path: Path) -> str:
+    """Bars of batch_import against COPY per size, and where one request's time goes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    sizes = list(per_size)
+    xs = range(len(sizes))
+    left.bar(
+        [x - 0.2 for x in xs],
+        [per_size[s]["function_events_per_second"] for s in sizes],
+        width=0.4,
+        label="batch_import over HTTP",
+    )
+    left.bar(
+        [x + 0.2 for x in xs],
+        [per_size[s]["copy_rows_per_second"] for s in sizes],
+        width=0.4,
+        label="COPY, same rows",
+    )
+    for x, size in zip(xs, sizes, strict=True):
+        left.annotate(
+            f"ratio {per_size[size]['ratio']:.2f}",
+            (x, per_size[size]["copy_rows_per_second"]),
+            ha="center",
+            va="bottom",
+        )
+    left.set_xticks(list(xs), [f"{int(s):,} events" for s in sizes])
+    left.set_ylabel("events per second (median)")
+    left.set_title("Ingest throughput")
+    left.legend(loc="lower right")
+    names = list(stages["ms"])
+    bottom = 0.0
+    for name in names:
+        ms = max(stages["ms"][name], 0.0)
+        right.bar([0], [ms], bottom=bottom, label=name, width=0.5)
+        bottom += ms
+    right.set_xticks([0], [f"one {stages['events']:,}-event request"])
+    right.set_ylabel("milliseconds (median)")
+    right.set_title("Where the time goes")
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    print(f"plot: {common.shown(path)}")
+    return common.shown(path)
