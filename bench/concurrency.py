@@ -203,16 +203,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for thread in threads:
             thread.start()
         ready.wait()
-        started = time.monotonic()
+        started, cpu_started = time.monotonic(), time.process_time()
         stop_at[0] = started + seconds
         for thread in threads:
             thread.join()
         elapsed = time.monotonic() - started
+        client_cpu = time.process_time() - cpu_started
         checks = verify(db, run_state)
     figures: dict[str, Any] = {
         "writers": writers,
         "readers": readers,
         "seconds": round(elapsed, 2),
+        # The client shares the machine with the server: this is how many cores it took.
+        "client_cpu_cores": round(client_cpu / elapsed, 2),
         "writes": run_state.writes.summary(elapsed),
         "reads": run_state.reads.summary(elapsed),
         "leaks_seen_by_readers": run_state.read_leaks,
@@ -238,7 +241,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 ("errors", tally["errors"]),
             ],
         )
-    common.print_figures("isolation afterwards", [*checks.items(), ("leaks", leaks)])
+    common.print_figures(
+        "isolation afterwards",
+        [*checks.items(), ("leaks", leaks), ("client CPU, cores", figures["client_cpu_cores"])],
+    )
     common.write_results("concurrency", figures, args, machine)
     return figures
 

@@ -177,6 +177,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     timeline = next(q for q in queries.QUERIES if q.name == "timeline")
     rng = random.Random(11)
     points: list[dict[str, Any]] = []
+    figures: dict[str, Any] = {}
     cluster = localcluster.start(durable=True, extra_settings=("max_wal_size=4GB",))
     try:
         cluster.prepare_database(common.BENCH_DB)
@@ -213,12 +214,30 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 point["total_mib"] = sizes["total_mib"]
                 points.append(point)
                 common.print_figures(f"{sizes['rows']:,} rows", list(point.items()))
+                # Written at every size, so that a long run stopped early still leaves figures.
+                figures = _save(args, machine, img_dir, points, target, users, batch, runs)
     finally:
         cluster.stop()
+    return figures
+
+
+def _save(
+    args: argparse.Namespace,
+    machine: dict[str, Any],
+    img_dir: Path,
+    points: list[dict[str, Any]],
+    target: int,
+    users: int,
+    batch: int,
+    runs: int,
+) -> dict[str, Any]:
+    """Write the plot and the results file for the sizes measured so far."""
     image = img_dir / "growth.png"
     plot(points, image, batch)
     print(f"plot: {image}")
     figures: dict[str, Any] = {
+        "target_rows": target,
+        "complete": points[-1]["rows"] >= target,
         "users": users,
         "batch": batch,
         "timeline_runs": runs,
