@@ -728,6 +728,25 @@ def test_the_request_the_scheduler_job_sends_is_accepted(
     assert refused.status_code == 401
 
 
+@pytest.mark.db
+def test_apikey_stands_in_only_for_a_google_token(
+    project: FakeProject, scheduler_target: Any
+) -> None:
+    """Supabase clients send both headers: there, Authorization decides, as before."""
+    body = project.body.read_bytes()
+    key = SECRETS["SUPABASE_SECRET_KEYS"].split(",")[0]
+    json_type = {"Content-Type": "application/json"}
+    not_google = "Bearer eyJhbGciOiJIUzI1NiJ9.eyJpc3MiOiJzdXBhYmFzZSJ9.c2ln"  # iss: supabase
+    refused = scheduler_target.post(
+        "/", data=body, headers={**json_type, "Authorization": not_google, "apikey": key}
+    )
+    assert refused.status_code == 401
+    accepted = scheduler_target.post(
+        "/", data=body, headers={**json_type, "Authorization": f"Bearer {key}", "apikey": "x"}
+    )
+    assert accepted.status_code == 200, accepted.json
+
+
 # ---------------------------------------------------------------------------------- shellcheck
 
 
