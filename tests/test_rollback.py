@@ -153,6 +153,18 @@ def test_every_migration_has_a_down_script() -> None:
     assert orphans == [], "down scripts without a migration: " + ", ".join(orphans)
 
 
+def test_the_deployment_document_says_what_each_rollback_loses() -> None:
+    text = (ROOT / "docs" / "deployment.md").read_text()
+    section = text[
+        text.index("## Rollback of each migration") : text.index("## Backup and restore")
+    ]
+    undocumented = [m.stem for m in migrations() if f"| {m.stem} |" not in section]
+    assert undocumented == [], (
+        "docs/deployment.md, 'Rollback of each migration', has no row for: "
+        + ", ".join(undocumented)
+    )
+
+
 @pytest.mark.db
 def test_down_scripts_undo_every_migration_and_the_migrations_apply_again(
     cluster: localcluster.Cluster,
