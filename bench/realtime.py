@@ -219,7 +219,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     shapes["single"][event] = time.perf_counter()
                     stream_at.wait_for([event], 5)
                     poll_at.wait_for([event], 5)
-                    time.sleep(rng.uniform(0.005, 0.03))
+                    # A random pause as long as a poll interval or more, so that inserts land
+                    # at random points of the poller's cycle, as independent users' would.
+                    time.sleep(rng.uniform(0.005, 0.005 + 1.5 * args.poll_interval_ms / 1000))
                 print(f"measuring {bursts} bursts of {size} events of each kind", flush=True)
                 for _ in range(bursts):
                     ids = [str(uuid.uuid4()) for _ in range(size)]
