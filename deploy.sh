@@ -8,6 +8,9 @@
 # choices (authentication of the scheduler, the settings that cap the load on the database).
 set -euo pipefail
 
+# gcloud uploads the project from its root (--source=.); file arguments are read relative to
+# where the script was started.
+invoked_from=$PWD
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
 usage() {
@@ -177,6 +180,11 @@ while [ "$#" -gt 0 ]; do
   esac
   shift
 done
+
+case "$SCHEDULER_BODY_FILE" in
+  "" | /*) ;;
+  *) SCHEDULER_BODY_FILE="$invoked_from/$SCHEDULER_BODY_FILE" ;;
+esac
 
 # ---------------------------------------------------------------------------- input checks
 # Everything here runs before the first gcloud call, and reports every problem at once.

@@ -252,10 +252,11 @@ class FakeProject:
                 env[name] = value
         return env
 
-    def run(self, *args: str, env: dict[str, str] | None = None) -> Run:
+    def run(self, *args: str, env: dict[str, str] | None = None, cwd: Path = ROOT) -> Run:
         self.log_path.write_text("")
         result = subprocess.run(
             ["bash", str(DEPLOY), *args],
+            cwd=cwd,
             env=env if env is not None else self.env(),
             stdin=subprocess.DEVNULL,
             capture_output=True,
@@ -492,6 +493,15 @@ def test_generated_scheduler_key_is_stored_and_sent(project: FakeProject) -> Non
     assert json.loads(job["flags_file"])["--headers"]["apikey"] == stored
     assert stored not in run.output
     assert not any(stored in arg for argv in run.argvs() for arg in argv)
+
+
+def test_a_relative_body_file_is_read_from_where_the_script_was_started(
+    project: FakeProject,
+) -> None:
+    run = project.run(*FULL, env=project.env(SCHEDULER_BODY_FILE="steps.json"), cwd=project.dir)
+    assert run.returncode == 0, run.output
+    (job,) = run.find("scheduler", "jobs", "create")
+    assert _flags(job["argv"])["message-body-from-file"] == str(project.body)
 
 
 def test_no_scheduler_leaves_jobs_alone(project: FakeProject) -> None:
