@@ -340,6 +340,14 @@ fi
 
 RUNTIME_SERVICE_ACCOUNT=${RUNTIME_SERVICE_ACCOUNT:-engagement-functions@${PROJECT_ID}.iam.gserviceaccount.com}
 SCHEDULER_SERVICE_ACCOUNT=${SCHEDULER_SERVICE_ACCOUNT:-engagement-scheduler@${PROJECT_ID}.iam.gserviceaccount.com}
+if [ "$CREATE_SERVICE_ACCOUNTS" -eq 1 ]; then
+  for account_email in "$RUNTIME_SERVICE_ACCOUNT" "$SCHEDULER_SERVICE_ACCOUNT"; do
+    if ! [[ $account_email =~ ^[a-z][a-z0-9-]{4,28}[a-z0-9]@${PROJECT_ID}\.iam\.gserviceaccount\.com$ ]]; then
+      echo "deploy.sh: --create-service-accounts creates accounts of project $PROJECT_ID only; $account_email is not one (create it yourself, or drop the option). Nothing was changed." >&2
+      exit 2
+    fi
+  done
+fi
 
 # ---------------------------------------------------------------------------- helpers
 

@@ -594,6 +594,14 @@ def test_a_body_with_other_event_types_is_refused(project: FakeProject) -> None:
     assert run.calls == []
 
 
+def test_an_account_of_another_project_is_not_created(project: FakeProject) -> None:
+    other = "ingest@other-project-9.iam.gserviceaccount.com"
+    run = project.run(*FULL, env=project.env(RUNTIME_SERVICE_ACCOUNT=other))
+    assert run.returncode == 2
+    assert f"{other} is not one" in run.stderr
+    assert run.calls == []
+
+
 def test_without_gcloud_on_path_it_says_so(project: FakeProject, tmp_path: Path) -> None:
     # A PATH with the tools deploy.sh uses, and no gcloud (a real one may be installed).
     tools = tmp_path / "tools"
