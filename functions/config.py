@@ -181,7 +181,8 @@ def _whole(
     try:
         value = int(raw)
     except ValueError:
-        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+        # The value is not repeated: a secret pasted into the wrong variable would be logged.
+        raise ConfigError(f"{name} must be a whole number") from None
     if value < minimum:
         raise ConfigError(f"{name} must be {requirement}, got {value}")
     return value
@@ -193,7 +194,7 @@ def _url(env: Mapping[str, str], name: str) -> str | None:
         return None
     parts = urlsplit(raw)
     if parts.scheme not in ("https", "http") or not parts.netloc:
-        raise ConfigError(f"{name} must be an http(s) URL, got {raw!r}")
+        raise ConfigError(f"{name} must be an http(s) URL with a host")
     return raw
 
 

@@ -8,6 +8,7 @@ defence: the code never logs keys, tokens or event payloads in the first place.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -76,12 +77,24 @@ class CloudLoggingFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class _StdoutHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stream handler whose failures stay quiet about what was being logged."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        # logging's default prints the traceback of the failed write, and its chain holds the
+        # exception being logged, message and all (which may quote a request): one line instead.
+        failure = sys.exc_info()[0]
+        name = failure.__name__ if failure else "unknown"
+        with contextlib.suppress(Exception):  # nowhere left to report to
+            sys.stderr.write(f"a log line could not be written ({name})\n")
+
+
 def setup(level: int = logging.INFO) -> None:
     """Route the package's logs to stdout as Cloud Logging JSON lines (idempotent)."""
     logger = logging.getLogger("functions")
     if any(isinstance(h.formatter, CloudLoggingFormatter) for h in logger.handlers):
         return
-    handler = logging.StreamHandler(sys.stdout)
+    handler = _StdoutHandler(sys.stdout)
     handler.setFormatter(CloudLoggingFormatter())
     logger.addHandler(handler)
     logger.setLevel(level)

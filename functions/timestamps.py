@@ -21,8 +21,9 @@ reach ±23:59. Rejected: bare dates, week and ordinal dates, the basic format
 (``20241201T073000Z``), hour 24, leap second 60, offsets with seconds, and instants outside
 the years 0001-9999 once in UTC. Output (``format_utc``) is RFC 3339 ending in ``Z``.
 Errors carry ``field``: ``timezone`` or ``default_timezone`` for a bad zone name, else
-``timestamp`` (``missing_timezone`` included). Messages quote only the timestamp text and zone
-names, never other input.
+``timestamp`` (``missing_timezone`` included). Messages quote a timestamp only once it has the
+shape of a date and time, and name only known zones; text that is neither (which could be any
+data a caller sent by mistake) is never repeated.
 """
 
 from __future__ import annotations
@@ -50,7 +51,6 @@ _SHAPE = re.compile(_DATE_TIME + r"(?:[Zz]|[+-](?:[01][0-9]|2[0-3])(?::?[0-5][0-
 _LOOSE_SHAPE = re.compile(_DATE_TIME + r"(?:[Zz]|[+-][0-9]{2}(?::?[0-9]{2})?)?")
 _BARE_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _EXAMPLE = "2024-12-01T07:30:00Z"
-_SHOWN_MAX = 64
 _DAY = timedelta(days=1)
 _SECOND = timedelta(seconds=1)
 _JSON_TYPES = {
@@ -309,7 +309,8 @@ def _out_of_range(timestamp: str) -> TimestampError:
 def _unknown_zone_message(name: str) -> str:
     if name == "":
         return "the time zone name is empty; give an IANA name such as Europe/Berlin"
-    message = f"{_show(name)} is not a known IANA time zone name such as Europe/Berlin"
+    # The name itself is not repeated: it could be anything a caller sent by mistake.
+    message = "the time zone name is not a known IANA time zone name such as Europe/Berlin"
     guess = _zone_names().get(name.strip().replace(" ", "_").lower())
     if guess is not None:
         message += f"; did you mean {guess}?"
@@ -325,16 +326,16 @@ def _zone_names() -> dict[str, str]:
 def _malformed_message(timestamp: str) -> str:
     if timestamp == "":
         return f"timestamp is empty; expected a date and a time such as {_EXAMPLE}"
-    shown = _show(timestamp)
     if _LOOSE_SHAPE.fullmatch(timestamp):
         return _invalid_field_message(timestamp)
+    # From here on the text is not repeated: it could be anything a caller sent by mistake.
     if _BARE_DATE.fullmatch(timestamp):
         return (
-            f"{shown} is a date without a time of day; expected a date and a time such as "
+            "timestamp is a date without a time of day; expected a date and a time such as "
             f"{_EXAMPLE}"
         )
     return (
-        f"{shown} is not an ISO 8601 date and time; expected "
+        "timestamp is not an ISO 8601 date and time; expected "
         f"YYYY-MM-DDThh:mm[:ss[.fraction]] with an optional Z or ±hh:mm offset, such as {_EXAMPLE}"
     )
 
@@ -369,13 +370,6 @@ def _duration(span: timedelta) -> str:
         return f"{seconds} second{'s' if seconds != 1 else ''}"
     minutes = seconds // 60
     return f"{minutes} minute{'s' if minutes != 1 else ''}"
-
-
-def _show(text: str) -> str:
-    """``text`` quoted for a message, cut short when long."""
-    if len(text) > _SHOWN_MAX:
-        text = text[:_SHOWN_MAX] + "..."
-    return repr(text)
 
 
 def _json_type(value: object) -> str:

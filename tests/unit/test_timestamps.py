@@ -358,7 +358,8 @@ def test_get_zone_rejects_unknown_names() -> None:
         get_zone("Atlantis/Capital")
     assert caught.value.code == "unknown_timezone"
     assert caught.value.field == "timezone"
-    assert "'Atlantis/Capital' is not a known IANA time zone name" in caught.value.message
+    assert "not a known IANA time zone name" in caught.value.message
+    assert "Atlantis" not in caught.value.message  # input is never repeated
 
 
 def test_messages_cut_long_input_short() -> None:

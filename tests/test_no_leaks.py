@@ -1,0 +1,530 @@
+"""Secrets and health data never leak: every code path runs with recognizable secrets and payload
+values, all log output is captured (every logger at DEBUG, the package's JSON lines, stdout and
+stderr), and no secret, token or payload value may appear in it; no payload value may appear
+in a response either.
+
+To cover a new path, add a `LeakPath` to PATHS (or a `ColdStart` to COLD_STARTS): the request
+it sends, the status it must get, and, if it needs one, a `setup` that prepares the database or
+installs a fake sink. Put the canaries below into whatever the path sends.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import functions_framework
+import jwt
+import pytest
+from flask.testing import FlaskClient
+
+from functions import handlers, log
+from functions.errors import ConfigError
+from functions.sinks import FailureRecord, WriteResult
+from localdb.cluster import ROOT, free_port
+from tests.conftest import Database
+
+# --- canaries -----------------------------------------------------------------------------------
+
+JWT_SECRET = "LEAK-JWT-SECRET-7731-0123456789abcdef0123456789"
+SECRET_KEY = "sb_secret_LEAKKEY7731abcdefghijklmnop"
+OTHER_SECRET = "LEAK-OTHER-SECRET-7731-0123456789abcdef01234567"
+DB_PASSWORD = "LEAK-DB-PASSWORD-7731"
+PAYLOAD = "PAYLOAD-CANARY-7731"
+PAYLOAD_ZONE = "Payload/Canary_7731"
+PAYLOAD_TIME = "PAYLOAD-CANARY-7731T07:30:00"
+LONG_PAYLOAD_ID = PAYLOAD + "-" + "x" * 80  # event_ids up to 64 characters are echoed by design
+
+ANA = "a1a1a1a1-0000-4000-8000-000000000001"
+NOBODY = "00000000-0000-4000-8000-00000000dead"
+
+
+def mint(
+    role: str = "service_role", *, secret: str = JWT_SECRET, exp_in: int = 3600, **claims: Any
+) -> str:
+    now = int(time.time())
+    body = {"role": role, "iat": now, "exp": now + exp_in, **claims}
+    return jwt.encode(body, secret, algorithm="HS256")
+
+
+SERVICE_TOKEN = mint(sub=PAYLOAD)
+TOKENS = {
+    "service": SERVICE_TOKEN,
+    "user": mint("authenticated", sub=PAYLOAD, email=f"{PAYLOAD}@example.com"),
+    "anon": mint("anon"),
+    "expired": mint(exp_in=-3600),
+    "forged": mint(secret=OTHER_SECRET),
+    "not-yet": mint(nbf=int(time.time()) + 3600),
+}
+SECRETS = [JWT_SECRET, SECRET_KEY, OTHER_SECRET, DB_PASSWORD, *TOKENS.values()]
+# A JWT leaks if any of its parts does (the payload part alone carries the claims).
+SECRET_PARTS = [part for token in TOKENS.values() for part in token.split(".")[1:]]
+PAYLOADS = [PAYLOAD, "7731T07:30", "Canary_7731", "x" * 80]
+
+
+def service() -> dict[str, str]:
+    return {"Authorization": f"Bearer {SERVICE_TOKEN}"}
+
+
+def canary_event(**changes: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "user_id": ANA,
+        "event_type": "steps_import",
+        "timestamp": "2025-06-01T07:30:00Z",
+        "value": {"steps": 1234, "device": PAYLOAD, "external_id": PAYLOAD},
+    }
+    base.update(changes)
+    return base
+
+
+BAD_EVENTS = [
+    canary_event(user_id=PAYLOAD),
+    canary_event(event_type=PAYLOAD),
+    canary_event(timestamp=PAYLOAD_TIME),
+    canary_event(timestamp="2025-06-01T07:30:00", timezone=PAYLOAD_ZONE),
+    canary_event(value={"steps": PAYLOAD}),
+    canary_event(value={"steps": 1, PAYLOAD: PAYLOAD}),
+    canary_event(event_type="app_open", value={"platform": PAYLOAD, "os_version": PAYLOAD}),
+    canary_event(event_type="custom_x", value={PAYLOAD: [PAYLOAD]}, event_id=LONG_PAYLOAD_ID),
+    canary_event(user_id=NOBODY, timestamp="2025-06-01T07:31:00Z"),
+    canary_event(timestamp="2999-01-01T00:00:00Z"),
+]
+
+
+# --- fakes --------------------------------------------------------------------------------------
+
+
+class ExplodingSink:
+    """A sink whose write fails with an unexpected error quoting the payload, as a driver error
+    about a value might."""
+
+    def write(self, rows: Sequence[Any], *, atomic: bool, deadline: float) -> WriteResult:
+        raise RuntimeError(f"cannot adapt value {rows[0].value!r} ({PAYLOAD})")
+
+    def record_failures(self, failures: Sequence[FailureRecord], *, deadline: float) -> int:
+        raise RuntimeError(f"cannot store {failures[0].event}")
+
+    def take_rate_limit(self, caller: str, events: int, **limits: Any) -> int:
+        return 0
+
+    def close(self) -> None:
+        pass
+
+
+def _with_password(url: str, user: str = "postgres") -> str:
+    return url.replace("postgres@", f"{user}:{DB_PASSWORD}@", 1)
+
+
+def _writer_without_grants(db: Database) -> dict[str, str]:
+    """A login role that may connect but not write: the store refuses (502)."""
+    with db.connect() as conn:
+        conn.execute("create role leak_writer login")
+    return {"DATABASE_URL": _with_password(db.url, "leak_writer")}
+
+
+def _closed_port(db: Database) -> dict[str, str]:
+    return {"DATABASE_URL": f"postgresql://postgres:{DB_PASSWORD}@127.0.0.1:{free_port()}/x"}
+
+
+# --- the paths ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LeakPath:
+    """One request to one function and the status it must get."""
+
+    name: str
+    target: str
+    status: int
+    request: Callable[[], dict[str, Any]]
+    method: str = "POST"
+    env: dict[str, str] = field(default_factory=dict)
+    setup: Callable[[Database], dict[str, str]] | None = None
+    """Prepares the database; returns environment variables to set (such as DATABASE_URL)."""
+    sink: Callable[[], Any] | None = None
+
+
+def _batch(events: list[Any], **envelope: Any) -> Callable[[], dict[str, Any]]:
+    return lambda: {"json": {"events": events, **envelope}, "headers": service()}
+
+
+def _as(headers: dict[str, str], body: Any = None) -> Callable[[], dict[str, Any]]:
+    return lambda: {"json": body if body is not None else [canary_event()], "headers": headers}
+
+
+PATHS: list[LeakPath] = [
+    LeakPath("import-ok", "batch_import", 200, _batch([canary_event()])),
+    LeakPath("import-partial", "batch_import", 200, _batch([canary_event(), *BAD_EVENTS])),
+    LeakPath("import-all-rejected", "batch_import", 422, _batch(BAD_EVENTS)),
+    LeakPath(
+        "import-atomic", "batch_import", 422, _batch([canary_event(), *BAD_EVENTS], mode="atomic")
+    ),
+    LeakPath(
+        "import-default-zone",
+        "batch_import",
+        400,
+        _batch([canary_event()], default_timezone=PAYLOAD_ZONE),
+    ),
+    LeakPath("import-mode", "batch_import", 400, _batch([canary_event()], mode=PAYLOAD)),
+    LeakPath(
+        "import-bad-json",
+        "batch_import",
+        400,
+        lambda: {
+            "data": json.dumps([canary_event()])[:-5].encode(),
+            "content_type": "application/json",
+            "headers": service(),
+        },
+    ),
+    LeakPath(
+        "import-duplicate-key",
+        "batch_import",
+        400,
+        lambda: {
+            "data": ('[{"value": {"' + PAYLOAD + '": 1, "' + PAYLOAD + '": 2}}]').encode(),
+            "content_type": "application/json",
+            "headers": service(),
+        },
+    ),
+    LeakPath(
+        "import-oversized-event",
+        "batch_import",
+        200,
+        _batch([canary_event(), canary_event(value={"device": PAYLOAD * 100})]),
+        env={"MAX_EVENT_BYTES": "1024"},
+    ),
+    LeakPath(
+        "import-too-many",
+        "batch_import",
+        413,
+        _batch([canary_event()] * 3),
+        env={"MAX_BATCH_EVENTS": "2"},
+    ),
+    LeakPath(
+        "import-body-too-big",
+        "batch_import",
+        413,
+        _batch([canary_event(value={"device": PAYLOAD * 200})]),
+        env={"MAX_BODY_BYTES": "2048", "MAX_EVENT_BYTES": "1024"},
+    ),
+    LeakPath(
+        "import-store-down", "batch_import", 503, _batch([canary_event()]), setup=_closed_port
+    ),
+    LeakPath(
+        "import-store-refuses",
+        "batch_import",
+        502,
+        _batch([canary_event(), *BAD_EVENTS]),
+        setup=_writer_without_grants,
+    ),
+    LeakPath(
+        "import-unexpected-failure",
+        "batch_import",
+        500,
+        _batch([canary_event()]),
+        sink=ExplodingSink,
+    ),
+    LeakPath("import-no-credentials", "batch_import", 401, _as({})),
+    LeakPath(
+        "import-forged", "batch_import", 401, _as({"Authorization": f"Bearer {TOKENS['forged']}"})
+    ),
+    LeakPath(
+        "import-expired", "batch_import", 401, _as({"Authorization": f"Bearer {TOKENS['expired']}"})
+    ),
+    LeakPath(
+        "import-not-yet", "batch_import", 401, _as({"Authorization": f"Bearer {TOKENS['not-yet']}"})
+    ),
+    LeakPath(
+        "import-user", "batch_import", 403, _as({"Authorization": f"Bearer {TOKENS['user']}"})
+    ),
+    LeakPath("import-anon", "batch_import", 403, _as({"apikey": TOKENS["anon"]})),
+    LeakPath("import-wrong-key", "batch_import", 401, _as({"apikey": SECRET_KEY + "x"})),
+    LeakPath(
+        "import-key-in-basic",
+        "batch_import",
+        401,
+        _as({"Authorization": f"Basic {SECRET_KEY}"}),
+    ),
+    LeakPath(
+        "import-two-tokens",
+        "batch_import",
+        401,
+        _as({"Authorization": f"Bearer {SERVICE_TOKEN} {SECRET_KEY}"}),
+    ),
+    LeakPath("import-secret-key-ok", "batch_import", 200, _as({"apikey": SECRET_KEY})),
+    LeakPath(
+        "convert-one",
+        "convert_timestamps",
+        422,
+        lambda: {
+            "query_string": {"timestamp": PAYLOAD_TIME, "timezone": PAYLOAD_ZONE},
+            "headers": service(),
+        },
+        method="GET",
+    ),
+    LeakPath(
+        "convert-many",
+        "convert_timestamps",
+        200,
+        lambda: {
+            "json": {
+                "timestamps": [
+                    {"timestamp": PAYLOAD_TIME},
+                    {"timestamp": "2024-12-01T08:30:00", "timezone": PAYLOAD_ZONE},
+                    {"timestamp": PAYLOAD, "timezone": "Europe/Berlin"},
+                    {"timestamp": "2024-12-01T08:30:00Z"},
+                ]
+            },
+            "headers": service(),
+        },
+    ),
+    LeakPath(
+        "convert-default-zone",
+        "convert_timestamps",
+        400,
+        lambda: {
+            "json": {
+                "timestamps": [{"timestamp": "2024-12-01T08:30:00"}],
+                "default_timezone": PAYLOAD_ZONE,
+            },
+            "headers": service(),
+        },
+    ),
+    LeakPath(
+        "convert-unknown-key",
+        "convert_timestamps",
+        400,
+        lambda: {
+            "json": {"timestamps": [{"timestamp": PAYLOAD}], "x": PAYLOAD},
+            "headers": service(),
+        },
+    ),
+    LeakPath("verify-ok", "verify_service_jwt", 200, lambda: {"headers": service()}, method="GET"),
+    LeakPath(
+        "verify-key-in-body", "verify_service_jwt", 200, lambda: {"json": {"token": SECRET_KEY}}
+    ),
+    LeakPath(
+        "verify-forged-in-body",
+        "verify_service_jwt",
+        401,
+        lambda: {"json": {"token": TOKENS["forged"]}},
+    ),
+    LeakPath(
+        "verify-user-in-body",
+        "verify_service_jwt",
+        403,
+        lambda: {"json": {"token": TOKENS["user"]}},
+    ),
+    LeakPath(
+        "verify-garbage-in-body", "verify_service_jwt", 401, lambda: {"json": {"token": PAYLOAD}}
+    ),
+    LeakPath(
+        "verify-body-not-object", "verify_service_jwt", 400, lambda: {"json": [SECRET_KEY, PAYLOAD]}
+    ),
+]
+
+
+@dataclass(frozen=True)
+class ColdStart:
+    """An environment the functions must refuse to start with."""
+
+    name: str
+    env: dict[str, str]
+
+
+COLD_STARTS: list[ColdStart] = [
+    ColdStart("database-url-scheme", {"DATABASE_URL": f"mysql://u:{DB_PASSWORD}@db/x"}),
+    ColdStart("jwt-secret-short", {"SUPABASE_JWT_SECRET": "LEAK-7731-short"}),
+    ColdStart(
+        "secret-key-prefix", {"SUPABASE_SECRET_KEYS": f"{SECRET_KEY},LEAK-KEY-7731-noprefix"}
+    ),
+    ColdStart("no-sink", {"DATABASE_URL": ""}),
+    ColdStart("limit-not-a-number", {"MAX_BODY_BYTES": DB_PASSWORD}),
+]
+
+
+# --- capture ------------------------------------------------------------------------------------
+
+
+class _Collector(logging.Handler):
+    """Keeps every record of the package: as emitted (Cloud Logging JSON) and raw (message,
+    arguments and fields before redaction)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.emitted: list[str] = []
+        self.raw: list[str] = []
+        self.cloud = log.CloudLoggingFormatter()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.emitted.append(self.cloud.format(record))
+        self.raw.append(
+            " ".join(
+                [
+                    record.getMessage(),
+                    json.dumps(getattr(record, "fields", None), default=str),
+                ]
+            )
+        )
+
+
+@pytest.fixture
+def captured(caplog: pytest.LogCaptureFixture) -> Iterator[_Collector]:
+    caplog.set_level(logging.DEBUG)
+    collector = _Collector()
+    package = logging.getLogger("functions")
+    previous = (list(package.handlers), package.level, package.propagate)
+    # Start as a fresh instance does: log.setup() (run when main.py is loaded) then writes to
+    # this test's stdout, not to a capture of an earlier test.
+    for handler in previous[0]:
+        package.removeHandler(handler)
+    package.propagate = True
+    package.addHandler(collector)
+    package.setLevel(logging.DEBUG)
+    try:
+        yield collector
+    finally:
+        for handler in list(package.handlers):
+            package.removeHandler(handler)
+        for handler in previous[0]:
+            package.addHandler(handler)
+        package.setLevel(previous[1])
+        package.propagate = previous[2]
+
+
+def _log_text(
+    collector: _Collector, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> str:
+    out, err = capfd.readouterr()
+    formatter = logging.Formatter("%(name)s %(levelname)s %(message)s")
+    others = [formatter.format(record) for record in caplog.records]
+    return "\n".join([*collector.emitted, *collector.raw, *others, out, err])
+
+
+def _assert_clean_logs(text: str) -> None:
+    assert text.strip(), "the path logged nothing at all: the capture is broken"
+    for secret in [*SECRETS, *SECRET_PARTS]:
+        assert secret not in text, f"a secret or token appears in the logs: {secret[:12]}..."
+    for payload in PAYLOADS:
+        assert payload not in text, f"a payload value appears in the logs: {payload}"
+
+
+def _assert_clean_response(body: bytes, headers: dict[str, str]) -> None:
+    text = body.decode("utf-8", errors="replace") + json.dumps(headers)
+    for secret in [*SECRETS, *SECRET_PARTS]:
+        assert secret not in text, f"a secret or token appears in the response: {secret[:12]}..."
+    for payload in PAYLOADS:
+        assert payload not in text, f"a payload value is echoed in the response: {payload}"
+
+
+@pytest.fixture
+def base_env(db: Database, monkeypatch: pytest.MonkeyPatch) -> Iterator[Database]:
+    monkeypatch.setenv("SUPABASE_JWT_SECRET", JWT_SECRET)
+    monkeypatch.setenv("SUPABASE_SECRET_KEYS", SECRET_KEY)
+    monkeypatch.setenv("DATABASE_URL", _with_password(db.url))
+    monkeypatch.delenv("SUPABASE_URL", raising=False)
+    handlers.state.cache_clear()
+    yield db
+    if handlers.state.cache_info().currsize:
+        sink = handlers.state()._sink
+        if sink is not None:
+            sink.close()
+    handlers.state.cache_clear()
+
+
+def _client(target: str, monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> FlaskClient:
+    monkeypatch.setenv("FUNCTION_TARGET", target)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    handlers.state.cache_clear()
+    return functions_framework.create_app(target, str(ROOT / "main.py")).test_client()
+
+
+@pytest.mark.parametrize("path", PATHS, ids=[p.name for p in PATHS])
+def test_no_secret_or_payload_leaks(
+    path: LeakPath,
+    base_env: Database,
+    monkeypatch: pytest.MonkeyPatch,
+    captured: _Collector,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    env = dict(path.env)
+    if path.setup is not None:
+        env.update(path.setup(base_env))
+    client = _client(path.target, monkeypatch, env)
+    if path.sink is not None:
+        handlers.state()._sink = path.sink()
+    response = client.open("/", method=path.method, **path.request())
+    assert response.status_code == path.status, response.get_data()[:400]
+    _assert_clean_response(response.get_data(), dict(response.headers))
+    _assert_clean_logs(_log_text(captured, caplog, capfd))
+
+
+@pytest.mark.parametrize("case", COLD_STARTS, ids=[c.name for c in COLD_STARTS])
+def test_no_secret_leaks_at_cold_start(
+    case: ColdStart,
+    base_env: Database,
+    monkeypatch: pytest.MonkeyPatch,
+    captured: _Collector,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("FUNCTION_TARGET", "batch_import")
+    for name, value in case.env.items():
+        monkeypatch.setenv(name, value)
+    handlers.state.cache_clear()
+    with pytest.raises(ConfigError) as caught:
+        handlers.prepare()
+    text = _log_text(captured, caplog, capfd)
+    assert "configuration error" in text
+    for secret in [*SECRETS, *case.env.values()]:
+        assert not secret or secret not in caught.value.message
+    _assert_clean_logs(text)
+    for value in case.env.values():
+        assert not value or value not in text
+
+
+def test_the_checks_catch_a_leak(
+    captured: _Collector, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The capture sees the package's log lines, other loggers and stdout alike."""
+    logging.getLogger("functions.handlers").info("value was %s", PAYLOAD)
+    logging.getLogger("some.library").debug("password %s", DB_PASSWORD)
+    print(JWT_SECRET)
+    text = _log_text(captured, caplog, capfd)
+    with pytest.raises(AssertionError, match="payload value"):
+        _assert_clean_logs(text.replace(DB_PASSWORD, "").replace(JWT_SECRET, ""))
+    with pytest.raises(AssertionError, match="secret or token"):
+        _assert_clean_logs(text.replace(PAYLOAD, "").replace(JWT_SECRET, ""))
+    with pytest.raises(AssertionError, match="secret or token"):
+        _assert_clean_logs(text.replace(PAYLOAD, "").replace(DB_PASSWORD, ""))
+
+
+def test_a_failed_log_write_does_not_print_the_exception_being_logged(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """logging's default reaction to a failed write prints a traceback whose chain includes the
+    exception being logged; the package's handler prints one line instead."""
+    stream = io.StringIO()
+    handler = log._StdoutHandler(stream)
+    handler.setFormatter(log.CloudLoggingFormatter())
+    logger = logging.getLogger("functions.leak_probe")
+    logger.addHandler(handler)
+    logger.propagate = False
+    stream.close()
+    try:
+        try:
+            raise RuntimeError(f"cannot adapt {PAYLOAD}")
+        except RuntimeError:
+            logger.exception("unexpected failure")
+    finally:
+        logger.removeHandler(handler)
+    out, err = capfd.readouterr()
+    assert "a log line could not be written (ValueError)" in err
+    assert PAYLOAD not in out + err
