@@ -36,7 +36,7 @@ from tests import openapi_contract as contract
 from tests.conftest import Database
 from tests.test_http import ANA, BEN, SECRET, event, stored, token
 
-EXAMPLES_PER_OPERATION = 25
+EXAMPLES_PER_OPERATION = 20
 """Generated requests, at most, per operation and generation mode (9 runs)."""
 
 OPERATIONS = [
