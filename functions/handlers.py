@@ -282,12 +282,7 @@ def _oversized_events(events: list[Any], request: flask.Request, limit: int) -> 
     return {
         index
         for index, event in enumerate(events)
-        if len(
-            json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode(
-                errors="surrogatepass"
-            )
-        )
-        > limit
+        if len(validation.compact_json(event).encode(errors="surrogatepass")) > limit
     }
 
 
