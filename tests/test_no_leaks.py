@@ -13,14 +13,17 @@ from __future__ import annotations
 import io
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import functions_framework
 import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 from flask.testing import FlaskClient
 
 from functions import handlers, log
@@ -61,7 +64,35 @@ TOKENS = {
     "forged": mint(secret=OTHER_SECRET),
     "not-yet": mint(nbf=int(time.time()) + 3600),
 }
-SECRETS = [JWT_SECRET, SECRET_KEY, OTHER_SECRET, DB_PASSWORD, *TOKENS.values()]
+EC_KEY = ec.generate_private_key(ec.SECP256R1())
+EC_KID = "leak-kid-7731"
+EC_JWK = {
+    **json.loads(jwt.get_algorithm_by_name("ES256").to_jwk(EC_KEY.public_key())),
+    "kid": EC_KID,
+    "alg": "ES256",
+    "use": "sig",
+}
+EC_PRIVATE_NUMBER = str(EC_KEY.private_numbers().private_value)
+
+
+def mint_es256(kid: str = EC_KID, **claims: Any) -> str:
+    now = int(time.time())
+    body = {"role": "service_role", "iat": now, "exp": now + 3600, "sub": PAYLOAD, **claims}
+    return jwt.encode(body, EC_KEY, algorithm="ES256", headers={"kid": kid})
+
+
+TOKENS["jwks"] = mint_es256()
+TOKENS["jwks-unknown-kid"] = mint_es256(kid="another-kid")
+REST_KEY = "sb_secret_LEAKRESTKEY7731abcdefghijklmnop"
+SECRETS = [
+    JWT_SECRET,
+    SECRET_KEY,
+    OTHER_SECRET,
+    DB_PASSWORD,
+    REST_KEY,
+    EC_PRIVATE_NUMBER,
+    *TOKENS.values(),
+]
 # A JWT leaks if any of its parts does (the payload part alone carries the claims).
 SECRET_PARTS = [part for token in TOKENS.values() for part in token.split(".")[1:]]
 PAYLOADS = [PAYLOAD, "7731T07:30", "Canary_7731", "x" * 80]
@@ -120,15 +151,128 @@ def _with_password(url: str, user: str = "postgres") -> str:
     return url.replace("postgres@", f"{user}:{DB_PASSWORD}@", 1)
 
 
-def _writer_without_grants(db: Database) -> dict[str, str]:
+def _writer_without_grants(world: World) -> dict[str, str]:
     """A login role that may connect but not write: the store refuses (502)."""
-    with db.connect() as conn:
+    with world.db.connect() as conn:
         conn.execute("create role leak_writer login")
-    return {"DATABASE_URL": _with_password(db.url, "leak_writer")}
+    return {"DATABASE_URL": _with_password(world.db.url, "leak_writer")}
 
 
-def _closed_port(db: Database) -> dict[str, str]:
+def _closed_port(world: World) -> dict[str, str]:
     return {"DATABASE_URL": f"postgresql://postgres:{DB_PASSWORD}@127.0.0.1:{free_port()}/x"}
+
+
+def _rest_sink(events_answer: str) -> Callable[[World], dict[str, str]]:
+    """The REST sink, against the stand-in answering writes as `events_answer` says."""
+
+    def setup(world: World) -> dict[str, str]:
+        world.stand_in.events_answer = events_answer
+        return {
+            "DATABASE_URL": "",
+            "SUPABASE_URL": world.stand_in.url,
+            "SUPABASE_SERVICE_ROLE_KEY": REST_KEY,
+            "TIME_BUDGET_SECONDS": "5",
+        }
+
+    return setup
+
+
+def _jwks(world: World) -> dict[str, str]:
+    return {"SUPABASE_JWKS_URL": f"{world.stand_in.url}/auth/v1/.well-known/jwks.json"}
+
+
+def _jwks_down(world: World) -> dict[str, str]:
+    return {"SUPABASE_JWKS_URL": f"http://127.0.0.1:{free_port()}/auth/v1/.well-known/jwks.json"}
+
+
+class StandIn:
+    """A local HTTP server standing in for the project: its JWKS, and the Data API routes the
+    REST sink uses (documented shapes only). A refused write quotes the row, as PostgreSQL's
+    `Failing row contains (...)` detail does."""
+
+    def __init__(self) -> None:
+        self.events_answer = "ok"
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        stand_in = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def _answer(self, status: int, body: Any, **headers: str) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:
+                if self.path.endswith("/.well-known/jwks.json"):
+                    self._answer(200, {"keys": [EC_JWK]})
+                else:
+                    self._answer(404, {})
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                sent = json.loads(self.rfile.read(length) or b"null")
+                if self.path.startswith("/rest/v1/rpc/take_engagement_rate_limit"):
+                    self._answer(200, 0)
+                elif self.path.startswith("/rest/v1/rpc/engagement_unknown_user_ids"):
+                    self._answer(200, [])
+                elif self.path.startswith("/rest/v1/rpc/record_engagement_failures"):
+                    self._answer(200, len(sent["failures"]))
+                elif self.path.startswith("/rest/v1/engagement_events"):
+                    if stand_in.events_answer == "refuse":
+                        self._answer(
+                            400,
+                            {
+                                "code": "23514",
+                                "message": 'new row for relation "engagement_events" '
+                                "violates check constraint",
+                                "details": f"Failing row contains ({json.dumps(sent)[:300]}).",
+                                "hint": None,
+                            },
+                        )
+                    elif stand_in.events_answer == "busy":
+                        self._answer(
+                            503,
+                            {
+                                "code": "PGRST000",
+                                "message": "database busy",
+                                "details": None,
+                                "hint": None,
+                            },
+                            **{"Retry-After": "30"},
+                        )
+                    else:
+                        self._answer(201, [{"id": row["id"]} for row in sent])
+                else:
+                    self._answer(404, {})
+
+        return Handler
+
+
+@dataclass
+class World:
+    """What a path's setup may prepare."""
+
+    db: Database
+    stand_in: StandIn
 
 
 # --- the paths ----------------------------------------------------------------------------------
@@ -144,8 +288,9 @@ class LeakPath:
     request: Callable[[], dict[str, Any]]
     method: str = "POST"
     env: dict[str, str] = field(default_factory=dict)
-    setup: Callable[[Database], dict[str, str]] | None = None
-    """Prepares the database; returns environment variables to set (such as DATABASE_URL)."""
+    setup: Callable[[World], dict[str, str]] | None = None
+    """Prepares the database or the stand-in; returns environment variables to set (such as
+    DATABASE_URL)."""
     sink: Callable[[], Any] | None = None
 
 
@@ -228,6 +373,44 @@ PATHS: list[LeakPath] = [
         500,
         _batch([canary_event()]),
         sink=ExplodingSink,
+    ),
+    LeakPath(
+        "import-rest-ok",
+        "batch_import",
+        200,
+        _batch([canary_event(), *BAD_EVENTS]),
+        setup=_rest_sink("ok"),
+    ),
+    LeakPath(
+        "import-rest-refused",
+        "batch_import",
+        502,
+        _batch([canary_event(), *BAD_EVENTS]),
+        setup=_rest_sink("refuse"),
+    ),
+    LeakPath(
+        "import-rest-busy", "batch_import", 503, _batch([canary_event()]), setup=_rest_sink("busy")
+    ),
+    LeakPath(
+        "import-jwks-ok",
+        "batch_import",
+        200,
+        _as({"Authorization": f"Bearer {TOKENS['jwks']}"}),
+        setup=_jwks,
+    ),
+    LeakPath(
+        "import-jwks-unknown-kid",
+        "batch_import",
+        401,
+        _as({"Authorization": f"Bearer {TOKENS['jwks-unknown-kid']}"}),
+        setup=_jwks,
+    ),
+    LeakPath(
+        "import-jwks-down",
+        "batch_import",
+        401,
+        _as({"Authorization": f"Bearer {TOKENS['jwks']}"}),
+        setup=_jwks_down,
     ),
     LeakPath("import-no-credentials", "batch_import", 401, _as({})),
     LeakPath(
@@ -445,10 +628,18 @@ def _client(target: str, monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -
     return functions_framework.create_app(target, str(ROOT / "main.py")).test_client()
 
 
+@pytest.fixture
+def stand_in() -> Iterator[StandIn]:
+    server = StandIn()
+    yield server
+    server.close()
+
+
 @pytest.mark.parametrize("path", PATHS, ids=[p.name for p in PATHS])
 def test_no_secret_or_payload_leaks(
     path: LeakPath,
     base_env: Database,
+    stand_in: StandIn,
     monkeypatch: pytest.MonkeyPatch,
     captured: _Collector,
     caplog: pytest.LogCaptureFixture,
@@ -456,7 +647,7 @@ def test_no_secret_or_payload_leaks(
 ) -> None:
     env = dict(path.env)
     if path.setup is not None:
-        env.update(path.setup(base_env))
+        env.update(path.setup(World(base_env, stand_in)))
     client = _client(path.target, monkeypatch, env)
     if path.sink is not None:
         handlers.state()._sink = path.sink()
