@@ -154,7 +154,11 @@ def _with_password(url: str, user: str = "postgres") -> str:
 def _writer_without_grants(world: World) -> dict[str, str]:
     """A login role that may connect but not write: the store refuses (502)."""
     with world.db.connect() as conn:
-        conn.execute("create role leak_writer login")
+        # Roles belong to the cluster, which outlives this test's database.
+        conn.execute(
+            "do $$ begin create role leak_writer login;"
+            " exception when duplicate_object then null; end $$"
+        )
     return {"DATABASE_URL": _with_password(world.db.url, "leak_writer")}
 
 
