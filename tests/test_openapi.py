@@ -656,7 +656,7 @@ _TARGETS = {
 
 @pytest.fixture
 def send(
-    make_client: ClientFactory,  # noqa: F811
+    make_client: ClientFactory,
     monkeypatch: pytest.MonkeyPatch,
 ) -> Callable[[Scenario], contract.Answer]:
     """Send a scenario's request through a fresh app of its function (its env applied)."""
