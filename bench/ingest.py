@@ -1,7 +1,7 @@
 """Ingest throughput end to end (section 1): batch_import over HTTP against COPY, same rows.
 
 One durable local cluster; the seeded, migrated database with ``--users`` extra users is
-cloned three times: one for the function, one for COPY, one for the in-process breakdown and
+cloned three times: one for the function (and the in-process breakdown), one for COPY, one for
 the write-strategy comparison. In each repetition, for each size, a new batch of realistic
 events is (a) posted to batch_import, served by functions-framework (gunicorn, as on Cloud
 Functions) in requests of ``--request-events`` over one keep-alive connection, and (b) the very
@@ -309,13 +309,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         copy_db = common.BenchDatabase(cluster, cluster.clone(template.name, "ingest_copy"))
         side_db = common.BenchDatabase(cluster, cluster.clone(template.name, "ingest_side"))
         server = common.serve_function("batch_import", fn_db.url, extra_env=extra_env)
-        side_sink = PostgresSink(side_db.url)
+        # The breakdown writes into the function's database, where the table has the size the
+        # function's requests see; its rows are COPYd into the COPY database too (untimed), so
+        # that both tables stay the same size.
+        fn_sink = PostgresSink(fn_db.url)
         try:
             # Warm up both sides (first connections, caches) with a small batch each.
             warm = common.make_events(100, users, seed=10**6)
             post_batches(server, request_bodies(warm, per_request))
             common.copy_rows(copy_db, common.render_copy(normalise(warm)))
-            breakdown(request_bodies(warm, per_request)[0], side_sink)
+            warm = common.make_events(100, users, seed=10**6 + 1)
+            breakdown(request_bodies(warm, per_request)[0], fn_sink)
+            common.copy_rows(copy_db, common.render_copy(normalise(warm)))
 
             seed = 0
             for rep in range(repeats):
@@ -333,15 +338,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         else:
                             copy_s[size].append(common.copy_rows(copy_db, copy_data))
                 seed += 1
-                body = request_bodies(
-                    common.make_events(per_request, users, seed=seed), per_request
-                )
-                stages.append(breakdown(body[0], side_sink))
+                events = common.make_events(per_request, users, seed=seed)
+                stages.append(breakdown(request_bodies(events, per_request)[0], fn_sink))
+                common.copy_rows(copy_db, common.render_copy(normalise(events)))
             if not args.skip_strategies:
                 strategies = write_strategies(side_db.url, users, min(per_request, 10_000), repeats)
         finally:
             server.stop()
-            side_sink.close()
+            fn_sink.close()
 
     per_size: dict[str, Any] = {}
     rows: list[tuple[str, object]] = []
