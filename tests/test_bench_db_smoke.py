@@ -55,7 +55,6 @@ def test_queries_return_rows_and_the_timeline_uses_its_index(tmp_path: Path) -> 
     assert figures["table"]["rows"] >= 20_000
     applied = figures["migrations_applied_s"]
     assert any(name.startswith("20241220") for name in applied)
-    assert any(name.startswith("20241221") for name in applied)
     for state in ("before", "after"):
         results = figures[state]
         assert set(results) == {
