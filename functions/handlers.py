@@ -241,8 +241,13 @@ def _caller_of(request: flask.Request, credential: Credential) -> str:
         identity = _credential_of(request)
     else:
         identity = credential.subject or "service_role"
-    digest = hashlib.sha256(f"{credential.key_type}:{identity}".encode()).hexdigest()
-    return f"{credential.key_type}:{digest[:32]}"
+    return caller_name(credential.key_type, identity)
+
+
+def caller_name(key_type: str, identity: str) -> str:
+    """The rate limit's name for a caller: the key type and a hash of who it is."""
+    digest = hashlib.sha256(f"{key_type}:{identity}".encode()).hexdigest()
+    return f"{key_type}:{digest[:32]}"
 
 
 def _take_rate_limit(st: _State, caller: str, events: int, deadline: float) -> None:

@@ -195,3 +195,20 @@ def test_replay_command_reports_and_needs_a_database(db: Database) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "0 pending failures examined, 0 imported" in done.stdout
+
+
+def test_a_dead_letter_store_that_fails_is_reported_with_what_was_stored(
+    db: Database, make_client: ClientFactory
+) -> None:
+    with db.connect() as conn:
+        conn.execute("drop function public.record_engagement_failures(jsonb)")
+    client = make_client("batch_import")
+    response = client.post(
+        "/", json=[event(timestamp="2025-09-01T08:00:00"), event(event_type="X")], headers=auth()
+    )
+    # The valid event is committed; the caller learns it, and that the batch is not complete.
+    assert response.status_code == 502
+    assert response.json["error"] == "store_error"
+    assert response.json["store_code"] == "42883"
+    assert response.json["stored"] == 1
+    assert count_events(db, "\"timestamp\" = '2025-09-01T12:00:00Z'") == 1

@@ -181,6 +181,25 @@ def _rest_sink(events_answer: str) -> Callable[[World], dict[str, str]]:
     return setup
 
 
+def _over_rate_limit(world: World) -> dict[str, str]:
+    """The service token's caller has spent this minute's allowance (429 from the database)."""
+    caller = handlers.caller_name("legacy_jwt", PAYLOAD)  # SERVICE_TOKEN's sub is PAYLOAD
+    with world.db.connect() as conn:
+        conn.execute(
+            "insert into private.rate_limit_windows (caller, window_start, requests, events)"
+            " values (%s, date_trunc('minute', clock_timestamp()), 1000000, 0)",
+            (caller,),
+        )
+    return {"RATE_LIMIT_REQUESTS_PER_MINUTE": "10"}
+
+
+def _dead_letter_refused(world: World) -> dict[str, str]:
+    """The dead-letter function is missing after the valid events were written (502)."""
+    with world.db.connect() as conn:
+        conn.execute("drop function public.record_engagement_failures(jsonb)")
+    return {}
+
+
 def _jwks(world: World) -> dict[str, str]:
     return {"SUPABASE_JWKS_URL": f"{world.stand_in.url}/auth/v1/.well-known/jwks.json"}
 
@@ -320,6 +339,20 @@ PATHS: list[LeakPath] = [
         _batch([canary_event()], default_timezone=PAYLOAD_ZONE),
     ),
     LeakPath("import-mode", "batch_import", 400, _batch([canary_event()], mode=PAYLOAD)),
+    LeakPath(
+        "import-rate-limited",
+        "batch_import",
+        429,
+        _batch([canary_event(), *BAD_EVENTS]),
+        setup=_over_rate_limit,
+    ),
+    LeakPath(
+        "import-dead-letter-refused",
+        "batch_import",
+        502,
+        _batch([canary_event(), *BAD_EVENTS]),
+        setup=_dead_letter_refused,
+    ),
     LeakPath(
         "import-bad-json",
         "batch_import",
