@@ -67,7 +67,8 @@ on conflict (id) do nothing
 # 1 + (n * 7919) % users (so every user gets the same share and a user's rows are scattered over
 # the table as real arrivals would be) and happened at t_end - span * (total - n) / total, so the
 # table is filled in time order. Mix: 45 % app_open, 48 % steps_import, 7 % goal_complete; 1 % of
-# events are soft-deleted. Payloads carry the properties of schemas/events/*.schema.json.
+# events are soft-deleted. Payloads carry the properties of schemas/events/*.schema.json; each
+# user has 5 goals, and the user's successive goal_complete events cycle over them.
 GENERATE_EVENTS = """
 insert into public.engagement_events (user_id, "timestamp", event_type, value, is_deleted)
 select (%(user_prefix)s || lpad(to_hex(g.u), 12, '0'))::uuid,
@@ -97,9 +98,9 @@ select (%(user_prefix)s || lpad(to_hex(g.u), 12, '0'))::uuid,
            'external_id', md5(g.n::text))
          else jsonb_build_object(
            'goal_id', (%(goal_prefix)s
-                       || lpad(to_hex(g.u * %(goals)s + g.n %% %(goals)s), 12, '0')),
+                       || lpad(to_hex(g.u * %(goals)s + g.k), 12, '0')),
            'goal_type', (array['steps', 'active_minutes', 'workout', 'sleep',
-                               'hydration'])[1 + g.n %% %(goals)s],
+                               'hydration'])[1 + g.k],
            'target', 8000,
            'achieved', 8000 + (g.r2 * 4000)::int,
            'unit', 'steps',
@@ -109,6 +110,8 @@ select (%(user_prefix)s || lpad(to_hex(g.u), 12, '0'))::uuid,
        g.r3 < 0.01
 from (
     select n, 1 + (n * 7919) %% %(users)s as u,
+           -- which of the user's goals: cycles over the user's successive events
+           (n / %(users)s) %% %(goals)s as k,
            %(t_end)s::timestamptz
              - make_interval(secs => %(span)s::float8 * (%(total)s - n) / %(total)s) as ts,
            random() as r, random() as r2, random() as r3

@@ -3,10 +3,11 @@
 -- Purpose:   idx_engagement_events_event_type becomes (event_type, "timestamp" desc).
 -- Why:       the event_type filter that backend jobs and dashboards run, "the newest events of
 --            one type in the last day" (where event_type = $1 and "timestamp" >= now() - '1 day'
---            order by "timestamp" desc limit 100), could not use the single-column index: with
---            three common types each type matches a third of the table or more, so the planner
---            read the whole table instead (335 ms at 1 million rows; see docs/performance.md,
---            "6. Queries at scale", and bench/queries.py). With the timestamp as second key the
+--            order by "timestamp" desc limit 100), was served badly by the single-column index: with
+--            common types each matching a large share of the table, the planner read the whole
+--            table or combined every row of the type with every row of the day (hundreds of
+--            milliseconds per query at 10 million rows; docs/performance.md, "6. Queries at
+--            scale", measured by bench/queries.py). With the timestamp as second key the
 --            query reads only the rows it returns, newest first. The index still serves every
 --            query that filters on event_type alone (its first column), so the single-column
 --            index is replaced, not kept beside it.
