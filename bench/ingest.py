@@ -219,6 +219,11 @@ def _unnest_insert(conn: psycopg.Connection[Any], rows: list[validation.Normalis
         )
 
 
+def _copy_straight(conn: psycopg.Connection[Any], data: bytes) -> None:
+    with conn.transaction(), conn.cursor() as cur, cur.copy(common.COPY_EVENTS) as copy:
+        copy.write(data)
+
+
 def write_strategies(
     db_url: str, users: list[uuid.UUID], size: int, repeats: int
 ) -> dict[str, dict[str, float]]:
@@ -258,13 +263,20 @@ def write_strategies(
             lambda rows: sink_chunks(rows, small),
         ),
         f"sink, {small}-row batch, new connection": (small, new_connection_each),
+        # The baseline: pre-rendered rows straight into the table, no conflict handling.
+        "plain COPY into the table (baseline, rows rendered beforehand)": (
+            size,
+            lambda data: _copy_straight(conn, data),
+        ),
     }
     rates: dict[str, list[float]] = {name: [] for name in strategies}
     seed = 50_000
     for _ in range(repeats):
         for name, (count, write) in strategies.items():
             seed += 1
-            rows = normalise(common.make_events(count, users, seed=seed))
+            rows: Any = normalise(common.make_events(count, users, seed=seed))
+            if name.startswith("plain COPY"):
+                rows = common.render_copy(rows)
             rates[name].append(count / common.timed(lambda: write(rows)))  # noqa: B023
     sink.close()
     conn.close()
