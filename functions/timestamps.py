@@ -50,6 +50,8 @@ _DATE_TIME = r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:[.
 _SHAPE = re.compile(_DATE_TIME + r"(?:[Zz]|[+-](?:[01][0-9]|2[0-3])(?::?[0-5][0-9])?)?")
 _LOOSE_SHAPE = re.compile(_DATE_TIME + r"(?:[Zz]|[+-][0-9]{2}(?::?[0-9]{2})?)?")
 _BARE_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_SHAPE_MATCH = _SHAPE.fullmatch
+_FROM_ISO = datetime.fromisoformat
 _EXAMPLE = "2024-12-01T07:30:00Z"
 _DAY = timedelta(days=1)
 _SECOND = timedelta(seconds=1)
@@ -107,6 +109,67 @@ def to_utc(
             field="timestamp",
         )
     return moment
+
+
+def utc_or_none(
+    timestamp: object, zone: pytz.BaseTzInfo | None, now: datetime, future_skew: timedelta
+) -> datetime | None:
+    """What ``to_utc`` returns for ``timestamp`` read in ``zone`` (the event's or the batch's
+    zone, already found with ``get_zone``), or None where ``to_utc`` would raise.
+
+    The quick route of a valid event: no zone lookups, no messages. A caller that gets None
+    calls ``to_utc`` for the error, so only the accepting path is duplicated here.
+    """
+    if not isinstance(timestamp, str) or _SHAPE_MATCH(timestamp) is None:
+        return None
+    text = timestamp
+    if text[10] == "t" or text[-1] == "z":
+        text = text.upper()
+    try:
+        if text[-1] == "Z":
+            moment = _FROM_ISO(text)  # tzinfo is datetime.UTC itself
+        elif text[-6] in "+-":
+            # A ±hh:mm offset (in any other shape the sixth character from the end is a digit,
+            # ":", "T" or " "): the local part less the offset, without a tzinfo per event.
+            suffix = text[-6:]
+            offset = _SUFFIX_OFFSETS.get(suffix)
+            if offset is None:
+                offset = _suffix_offset(suffix)
+            moment = _UTC_MIN + (_FROM_ISO(text[:-6]) - offset - _NAIVE_MIN)
+        else:
+            parsed = _FROM_ISO(text)
+            if parsed.tzinfo is not None:
+                moment = parsed.astimezone(UTC)
+            elif zone is None:
+                return None
+            else:
+                steady = _steady_offset(zone, parsed)
+                moment = (
+                    _localize(parsed, zone, timestamp)
+                    if steady is None
+                    else _UTC_MIN + (parsed - steady - _NAIVE_MIN)
+                )
+    except (ValueError, OverflowError, TimestampError):
+        return None
+    if moment - now > future_skew:
+        return None
+    return moment
+
+
+_UTC_MIN = datetime.min.replace(tzinfo=UTC)
+_NAIVE_MIN = datetime.min
+# A naive UTC time t becomes aware as _UTC_MIN + (t - _NAIVE_MIN): two C operations instead of
+# t.replace(tzinfo=UTC), whose keyword parsing costs ten times as much.
+_SUFFIX_OFFSETS: dict[str, timedelta] = {}
+"""The offsets of the ``±hh:mm`` suffixes seen so far (at most 2 x 24 x 60 of them)."""
+
+
+def _suffix_offset(suffix: str) -> timedelta:
+    offset = timedelta(hours=int(suffix[1:3]), minutes=int(suffix[4:6]))
+    if suffix[0] == "-":
+        offset = -offset
+    _SUFFIX_OFFSETS[suffix] = offset
+    return offset
 
 
 def format_utc(moment: datetime) -> str:

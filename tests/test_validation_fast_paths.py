@@ -5,7 +5,11 @@
 - the one-call check of a whole event of a known type accepts exactly the events that pass
   the event schema and the payload schema checked apart;
 - the canonical JSON a valid event carries (``value_json``) is its value, and the direct sink
-  stores that value unchanged, escapes and all.
+  stores that value unchanged, escapes and all;
+- the quick route of a valid event (``_quick_normalise``, ``timestamps.utc_or_none``, UUIDs
+  and events built through their slots, the derived id's instant from a naive datetime)
+  returns exactly what the full route returns, and gives up on everything the full route
+  rejects.
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ from __future__ import annotations
 import copy
 import json
 import time
-from datetime import UTC, datetime
+import uuid
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +26,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from functions import validation
+from functions import timestamps, validation
+from functions.errors import TimestampError
 from functions.sinks.postgres import PostgresSink
 
 SAMPLES = Path(__file__).parent / "data" / "events"
@@ -158,3 +164,215 @@ def test_direct_sink_stores_the_value_as_sent(db: Any) -> None:
         ).fetchone()
     assert stored is not None
     assert stored[0] == tricky
+
+
+# --- the quick route of a valid event ----------------------------------------------------------
+
+RECEIVED = datetime(2024, 12, 1, 12, 0, tzinfo=UTC)
+SKEW = timedelta(minutes=5)
+ZONES = (None, "UTC", "Europe/Berlin", "America/New_York", "Australia/Lord_Howe", "Asia/Kathmandu")
+
+
+def _same_event(quick: validation.NormalisedEvent, full: validation.NormalisedEvent) -> None:
+    assert type(quick) is validation.NormalisedEvent
+    assert (quick.id, quick.user_id, quick.event_type, quick.timestamp, quick.value) == (
+        full.id,
+        full.user_id,
+        full.event_type,
+        full.timestamp,
+        full.value,
+    )
+    assert quick.value_json == full.value_json
+    assert type(quick.id) is uuid.UUID
+    assert type(quick.user_id) is uuid.UUID
+    assert str(quick.id) == str(full.id)
+    assert quick.id.version == full.id.version
+    assert quick.timestamp.tzinfo is UTC
+    assert repr(quick) == repr(full)
+
+
+def _timestamp_variants(event: dict[str, Any]) -> list[dict[str, Any]]:
+    """The event with its timestamp written in the shapes senders use, some of them broken."""
+    shapes = [
+        "2024-06-01T12:00:00Z",
+        "2024-06-01t12:00:00z",
+        "2024-06-01 12:00:00.5+05:45",
+        "2024-06-01T12:00:00.123456789-03:30",
+        "2024-06-01T12:00+0130",
+        "2024-06-01T12:00:00+01",
+        "2024-06-01T12:00:00-00:00",
+        "2024-06-01T12:00:00",
+        "2024-03-31T02:30:00",  # in Berlin's gap
+        "2024-10-27T02:30:00",  # in Berlin's overlap
+        "2024-10-26T02:30:00",  # a day before a change: not the steady case
+        "0001-01-01T00:30:00+01:00",  # before year 1 in UTC
+        "9999-12-31T23:30:00-01:00",  # after 9999 in UTC
+        "2024-12-01T12:05:00Z",  # exactly the allowed skew ahead
+        "2024-12-01T12:05:00.000001Z",  # just beyond it
+        "2024-02-30T12:00:00Z",
+        "2024-06-01T24:00:00Z",
+        "2024-06-01T12:00:00+24:00",
+        "20240601T120000Z",
+    ]
+    variants = []
+    for shape in shapes:
+        for zone in ZONES:
+            variant = {**event, "timestamp": shape}
+            if zone is not None:
+                variant["timezone"] = zone
+            variants.append(variant)
+    variants.append({k: v for k, v in event.items() if k != "timestamp"})
+    variants.append({**event, "timezone": "Mars/Olympus_Mons"})
+    if isinstance(event.get("user_id"), str):
+        variants.append({**event, "user_id": event["user_id"].upper()})
+    variants.append({**event, "event_id": "0B8E5B8A-4A7E-4F0E-9A55-1C2D3E4F5A6B"})
+    return variants
+
+
+def test_quick_route_returns_the_full_routes_answer() -> None:
+    """Every sample event and variant: where the quick route answers, the full route accepts
+    the event with exactly that result; where the full route rejects, the quick one gave up."""
+    answered = rejected = 0
+    for sample in _sample_events():
+        for event in [*_mutations(sample), *_timestamp_variants(sample)]:
+            for default in (None, "Europe/Berlin", "not/a_zone"):
+                zone = validation._batch_zone(default)
+                full = validation._full_normalise(event, 3, default, RECEIVED, SKEW)
+                quick = (
+                    None
+                    if zone is validation._NO_QUICK_ROUTE
+                    else validation._quick_normalise(event, zone, RECEIVED, SKEW)
+                )
+                through_api = validation.normalise_event(
+                    event, 3, default_timezone=default, received_at=RECEIVED, future_skew=SKEW
+                )
+                if isinstance(full, validation.Rejection):
+                    assert quick is None, event
+                    assert through_api == full
+                    rejected += 1
+                    continue
+                assert isinstance(through_api, validation.NormalisedEvent)
+                _same_event(through_api, full)
+                if quick is not None:
+                    _same_event(quick, full)
+                    answered += 1
+    assert answered > 500
+    assert rejected > 500
+
+
+def test_a_batch_gives_the_answers_of_its_events_one_by_one() -> None:
+    events: list[Any] = []
+    for sample in _sample_events():
+        events += _timestamp_variants(sample)
+    events += ["junk", None, [1]]
+    for default in (None, "Europe/Berlin"):
+        envelope = validation.Envelope(events=events, mode="partial", default_timezone=default)
+        accepted, rejected = validation.normalise_batch(
+            envelope, received_at=RECEIVED, future_skew=SKEW
+        )
+        one_by_one = [
+            validation.normalise_event(
+                e, i, default_timezone=default, received_at=RECEIVED, future_skew=SKEW
+            )
+            for i, e in enumerate(events)
+        ]
+        assert rejected == [r for r in one_by_one if isinstance(r, validation.Rejection)]
+        expected = [r for r in one_by_one if isinstance(r, validation.NormalisedEvent)]
+        assert len(accepted) == len(expected) > 0
+        for got, want in zip(accepted, expected, strict=True):
+            _same_event(got, want)
+
+
+_digits = st.integers
+
+
+@st.composite
+def _timestamp_texts(draw: st.DrawFn) -> str:
+    """Date-time texts near and beyond the edges of what to_utc accepts."""
+    year = draw(st.sampled_from([1, 2, 2024, 2025, 9998, 9999]) | _digits(1, 9999))
+    text = f"{year:04d}-{draw(_digits(0, 13)):02d}-{draw(_digits(0, 32)):02d}"
+    text += draw(st.sampled_from("Tt ")) + f"{draw(_digits(0, 24)):02d}:{draw(_digits(0, 60)):02d}"
+    if draw(st.booleans()):
+        text += f":{draw(_digits(0, 60)):02d}"
+        if draw(st.booleans()):
+            text += draw(st.sampled_from(".,")) + draw(st.from_regex(r"[0-9]{1,9}", fullmatch=True))
+    sign = draw(st.sampled_from("+-"))
+    hours, minutes = draw(_digits(0, 24)), draw(_digits(0, 60))
+    text += draw(
+        st.sampled_from(
+            ["", "Z", "z", f"{sign}{hours:02d}", f"{sign}{hours:02d}{minutes:02d}"]
+            + [f"{sign}{hours:02d}:{minutes:02d}"] * 3
+        )
+    )
+    return text
+
+
+def _near_changes(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%S")
+
+
+local_times = st.datetimes(min_value=datetime(2023, 1, 1), max_value=datetime(2026, 12, 31)).map(
+    _near_changes
+)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(_timestamp_texts() | local_times, st.sampled_from(ZONES))
+def test_utc_or_none_is_to_utc_or_nothing(text: str, zone_name: str | None) -> None:
+    zone = None if zone_name is None else timestamps.get_zone(zone_name)
+    try:
+        expected: datetime | None = timestamps.to_utc(
+            text, timezone=zone_name, now=RECEIVED, future_skew=SKEW
+        )
+    except TimestampError:
+        expected = None
+    got = timestamps.utc_or_none(text, zone, RECEIVED, SKEW)
+    assert got == expected
+    if got is not None:
+        assert expected is not None
+        assert got.tzinfo is UTC
+        assert (got.replace(tzinfo=None), got.fold) == (expected.replace(tzinfo=None), 0)
+
+
+_storable_text = st.text(st.characters(blacklist_categories=("Cs", "Cc")), max_size=5)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.uuids(),
+    st.datetimes(
+        min_value=datetime(1, 1, 2),
+        max_value=datetime(9999, 12, 30),
+        timezones=st.sampled_from(
+            [UTC, timezone(timedelta(hours=5, minutes=45)), timezone(-timedelta(hours=23))]
+        ),
+    ),
+    st.dictionaries(_storable_text, st.integers() | _storable_text, max_size=3),
+)
+def test_derived_id_is_the_documented_uuid5(
+    user: uuid.UUID, moment: datetime, value: dict[str, Any]
+) -> None:
+    """uuid5 of the canonical JSON of [user_id, event_type, instant with six fraction digits
+    in UTC, value], as derive_event_id documents it, with microseconds and without."""
+    instant = moment.astimezone(UTC).isoformat(timespec="microseconds")[:-6] + "Z"
+    canonical = json.dumps(
+        [str(user), "steps_import", instant, value],
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    derived = validation.derive_event_id(user, "steps_import", moment, value)
+    assert derived == uuid.uuid5(validation.EVENT_ID_NAMESPACE, canonical)
+    assert type(derived) is uuid.UUID
+    assert derived.version == 5
+    assert str(derived) == str(uuid.uuid5(validation.EVENT_ID_NAMESPACE, canonical))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.uuids(), st.booleans())
+def test_uuid_of_text_is_the_uuid_constructor(value: uuid.UUID, upper: bool) -> None:
+    text = str(value).upper() if upper else str(value)
+    made = validation._uuid_of_text(text)
+    assert made == uuid.UUID(text)
+    assert type(made) is uuid.UUID
+    assert (str(made), hash(made), made.is_safe) == (str(value), hash(value), value.is_safe)
