@@ -169,22 +169,23 @@ def _batch_import(request: flask.Request, st: _State, request_id: str) -> flask.
     valid: list[validation.NormalisedEvent] = []
     positions: list[int] = []  # index in the request of each valid event
     rejected: list[validation.Rejection] = []
-    for index, event in enumerate(envelope.events):
-        if index in oversized:
-            rejected.append(_oversized_rejection(index, event, settings.max_event_bytes))
-            continue
-        outcome = validation.normalise_event(
-            event,
-            index,
-            default_timezone=envelope.default_timezone,
-            received_at=received_at,
-            future_skew=skew,
-        )
-        if isinstance(outcome, validation.Rejection):
-            rejected.append(outcome)
-        else:
-            valid.append(outcome)
-            positions.append(index)
+    with validation.collection_paused():
+        for index, event in enumerate(envelope.events):
+            if index in oversized:
+                rejected.append(_oversized_rejection(index, event, settings.max_event_bytes))
+                continue
+            outcome = validation.normalise_event(
+                event,
+                index,
+                default_timezone=envelope.default_timezone,
+                received_at=received_at,
+                future_skew=skew,
+            )
+            if isinstance(outcome, validation.Rejection):
+                rejected.append(outcome)
+            else:
+                valid.append(outcome)
+                positions.append(index)
 
     atomic = envelope.mode == "atomic"
     inserted = duplicates = 0

@@ -145,11 +145,13 @@ def utc_or_none(
             else:
                 steady = _steady_offset(zone, parsed)
                 moment = (
-                    _localize(parsed, zone, timestamp)
+                    # Near a clock change: _localize without its messages (an error here is
+                    # worded by to_utc on the caller's full route).
+                    zone.localize(parsed, is_dst=None).astimezone(UTC)
                     if steady is None
                     else _UTC_MIN + (parsed - steady - _NAIVE_MIN)
                 )
-    except (ValueError, OverflowError, TimestampError):
+    except (ValueError, OverflowError, pytz.InvalidTimeError):
         return None
     if moment - now > future_skew:
         return None

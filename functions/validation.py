@@ -17,14 +17,16 @@ property of the event itself (its first 64 characters, to point at typos such as
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import functools
+import gc
 import hashlib
 import json
 import re
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -560,17 +562,39 @@ def normalise_batch(
     quick = zone is not _NO_QUICK_ROUTE
     accepted: list[NormalisedEvent] = []
     rejected: list[Rejection] = []
-    for index, event in enumerate(envelope.events):
-        # normalise_event, with the batch's zone looked up once.
-        result = _quick_normalise(event, zone, received_at, future_skew) if quick else None
-        if result is None:
-            full = _full_normalise(event, index, default_timezone, received_at, future_skew)
-            if isinstance(full, Rejection):
-                rejected.append(full)
-                continue
-            result = full
-        accepted.append(result)
+    with collection_paused():
+        for index, event in enumerate(envelope.events):
+            # normalise_event, with the batch's zone looked up once.
+            result = _quick_normalise(event, zone, received_at, future_skew) if quick else None
+            if result is None:
+                full = _full_normalise(event, index, default_timezone, received_at, future_skew)
+                if isinstance(full, Rejection):
+                    rejected.append(full)
+                    continue
+                result = full
+            accepted.append(result)
     return accepted, rejected
+
+
+@contextlib.contextmanager
+def collection_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector paused for the block, if it is running.
+
+    Normalising a batch allocates a few objects per event and no reference cycles, so the
+    collector has nothing to find; yet every few hundred allocations start a collection, and
+    now and then a full one walks every object of the process (measured: a quarter of a
+    10,000-event batch's time when it comes). Reference counting still frees everything as
+    usual; the collector runs again after the block. With threads, the block that paused it
+    switches it back on, and a block that found it paused leaves it alone.
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 # --- deterministic ids ------------------------------------------------------------------------

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import copy
+import gc
 import json
 import time
 import uuid
@@ -376,3 +377,29 @@ def test_uuid_of_text_is_the_uuid_constructor(value: uuid.UUID, upper: bool) -> 
     assert made == uuid.UUID(text)
     assert type(made) is uuid.UUID
     assert (str(made), hash(made), made.is_safe) == (str(value), hash(value), value.is_safe)
+
+
+def test_the_garbage_collector_runs_again_after_a_batch() -> None:
+    """normalise_batch pauses the cyclic collector; it must be back on afterwards, also when
+    the batch fails, and a collector someone else paused stays paused."""
+    envelope = validation.Envelope(events=_sample_events(), mode="partial", default_timezone=None)
+    assert gc.isenabled()
+    validation.normalise_batch(envelope, received_at=RECEIVED)
+    assert gc.isenabled()
+
+    class Exploding(dict[str, Any]):
+        def get(self, *args: Any) -> Any:
+            assert not gc.isenabled()  # inside the paused block
+            raise RuntimeError("boom")
+
+    failing = validation.Envelope(events=[Exploding()], mode="partial", default_timezone=None)
+    with pytest.raises(RuntimeError, match="boom"):
+        validation.normalise_batch(failing, received_at=RECEIVED)
+    assert gc.isenabled()
+
+    gc.disable()
+    try:
+        validation.normalise_batch(envelope, received_at=RECEIVED)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
