@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import http.client
 import json
 import os
 import platform
@@ -403,43 +402,11 @@ def serve_function(
     The server's JWT secret is made for this run: mint tokens with
     ``functions_local.mint_service_token(server.jwt_secret)``. Stop it with ``server.stop()``.
     """
-    jwt_secret = secrets.token_urlsafe(48)
-    port = localcluster.free_port()
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        "SUPABASE_JWT_SECRET": jwt_secret,
-        "FUNCTION_TARGET": target,
-        **(extra_env or {}),
-    }
-    env.pop("SUPABASE_URL", None)
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "functions_framework",
-            "--source=main.py",
-            f"--target={target}",
-            "--host=127.0.0.1",
-            f"--port={port}",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    return functions_local.start(
+        target,
+        database_url,
+        secrets.token_urlsafe(48),
+        extra_env=extra_env,
+        quiet=True,
+        timeout=60,
     )
-    server = functions_local.FunctionServer(target, port, process, jwt_secret)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{target} exited with {process.returncode} before answering")
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-            conn.request("GET", "/")
-            conn.getresponse().read()
-            conn.close()
-            return server
-        except OSError:
-            time.sleep(0.02)
-    server.stop()
-    raise RuntimeError(f"{target} did not answer within 60 s")

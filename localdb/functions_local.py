@@ -52,8 +52,15 @@ def mint_service_token(secret: str, ttl_seconds: int = 24 * 3600) -> str:
 
 
 def start(
-    target: str, database_url: str, jwt_secret: str, *, extra_env: dict[str, str] | None = None
+    target: str,
+    database_url: str,
+    jwt_secret: str,
+    *,
+    extra_env: dict[str, str] | None = None,
+    quiet: bool = False,
+    timeout: float = 30.0,
 ) -> FunctionServer:
+    """Serve ``target`` on a free loopback port until it answers; ``quiet`` drops its log."""
     port = free_port()
     env = {
         **os.environ,
@@ -75,9 +82,11 @@ def start(
         ],
         cwd=ROOT,
         env=env,
+        stdout=subprocess.DEVNULL if quiet else None,
+        stderr=subprocess.DEVNULL if quiet else None,
     )
     server = FunctionServer(target, port, process, jwt_secret)
-    _wait_until_listening(server)
+    _wait_until_listening(server, timeout)
     return server
 
 
