@@ -327,9 +327,10 @@ def _quick_normalise(
 
     # The schema has been passed: user_id is a UUID, event_id one when sent, the zone a string.
     zone = default_zone
-    if "timezone" in event:
+    zone_name = event.get("timezone")  # a string when present: the schema has been passed
+    if zone_name is not None:
         try:
-            zone = timestamps.get_zone(event["timezone"])
+            zone = timestamps.get_zone(zone_name)
         except TimestampError:
             return None
     raw = event.get("timestamp", _ABSENT)
@@ -341,10 +342,13 @@ def _quick_normalise(
             return None
         moment = moment_or_none
 
-    try:
-        value_json, canonical_value = _canonical_value(value)
-    except _UnstorableValue:
+    try:  # _canonical_value, inline
+        value_json = _CANONICAL_ENCODE(value)
+        canonical_value = value_json.encode()
+    except (ValueError, RecursionError):  # NaN, Infinity, a lone surrogate, too deep
         return None
+    if "\\u0000" in value_json:
+        return None  # perhaps an escaped NUL: the full route decides
     user_id_text: str = event["user_id"]
     sent_id = event.get("event_id")
     return _new_event(
