@@ -10,7 +10,7 @@ other database. The order alternates between repetitions; medians are reported.
 
 The breakdown times the handler's stages in-process with the handler's own code: reading and
 parsing the body (``functions.http.read_json``), the rate limit's round trip
-(``PostgresSink.take_rate_limit``), the per-event size check (``handlers._oversized_events``),
+(``PostgresSink.take_rate_limit``), the per-event size check (``handlers._oversized``, after validation),
 validation (``functions.validation``) less conversion, conversion alone
 (``functions.timestamps.to_utc``), and the sink's write (``PostgresSink.write``); what the HTTP
 round trip costs beyond their sum is HTTP and gunicorn, the framework, authentication, the
@@ -135,12 +135,6 @@ def breakdown(body: bytes, sink: PostgresSink) -> dict[str, float]:
     )
     rate_limit = time.perf_counter() - started
 
-    started = time.perf_counter()
-    oversized = handlers._oversized_events(parsed["events"], request, DEFAULT_MAX_EVENT_BYTES)
-    size_check = time.perf_counter() - started
-    if oversized:
-        raise RuntimeError("generated events over the size limit")
-
     received_at = datetime.now(UTC)
     started = time.perf_counter()
     envelope = validation.parse_envelope(parsed)
@@ -151,6 +145,17 @@ def breakdown(body: bytes, sink: PostgresSink) -> dict[str, float]:
         for index, event in enumerate(envelope.events)
     ]
     validate_and_convert = time.perf_counter() - started
+
+    started = time.perf_counter()
+    oversized = [
+        index
+        for index, (event, outcome) in enumerate(zip(envelope.events, rows, strict=True))
+        if handlers._events_may_exceed(request, DEFAULT_MAX_EVENT_BYTES)
+        and handlers._oversized(event, outcome, DEFAULT_MAX_EVENT_BYTES)
+    ]
+    size_check = time.perf_counter() - started
+    if oversized:
+        raise RuntimeError("generated events over the size limit")
 
     started = time.perf_counter()
     for event in envelope.events:
