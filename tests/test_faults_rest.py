@@ -32,6 +32,7 @@ from werkzeug.test import TestResponse
 
 from functions import handlers
 from localdb.cluster import ROOT
+from tests import json_http
 
 SECRET = "rest-fault-test-jwt-secret-with-at-least-32-characters"
 KEY = "service-role-key-for-rest-fault-tests"
@@ -153,13 +154,12 @@ class StandIn:
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length", 0))
                 parts = urlsplit(self.path)
                 seen = Seen(
                     parts.path,
                     parse_qs(parts.query),
                     {p.strip() for p in self.headers.get("Prefer", "").split(",") if p.strip()},
-                    json.loads(self.rfile.read(length) or b"null"),
+                    json_http.read_body(self),
                     time.monotonic(),
                 )
                 with stand_in._lock:
@@ -196,13 +196,7 @@ class StandIn:
                 self, status: int, payload: str | bytes, headers: dict[str, str] | None = None
             ) -> None:
                 data = payload.encode() if isinstance(payload, str) else payload
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json; charset=utf-8")
-                self.send_header("Content-Length", str(len(data)))
-                for name, value in (headers or {}).items():
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(data)
+                json_http.answer(self, status, data, headers)
 
             def _drip(self, status: int, data: bytes) -> None:
                 self.send_response(status)

@@ -30,6 +30,7 @@ from functions import handlers, log
 from functions.errors import ConfigError
 from functions.sinks import FailureRecord, WriteResult
 from localdb.cluster import ROOT, free_port
+from tests import json_http
 from tests.conftest import Database
 
 # --- canaries -----------------------------------------------------------------------------------
@@ -235,14 +236,7 @@ class StandIn:
                 pass
 
             def _answer(self, status: int, body: Any, **headers: str) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(data)
+                json_http.answer(self, status, json.dumps(body).encode(), headers)
 
             def do_GET(self) -> None:
                 if self.path.endswith("/.well-known/jwks.json"):
@@ -251,8 +245,7 @@ class StandIn:
                     self._answer(404, {})
 
             def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                sent = json.loads(self.rfile.read(length) or b"null")
+                sent = json_http.read_body(self)
                 if self.path.startswith("/rest/v1/rpc/take_engagement_rate_limit"):
                     self._answer(200, 0)
                 elif self.path.startswith("/rest/v1/rpc/engagement_unknown_user_ids"):

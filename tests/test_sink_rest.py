@@ -8,6 +8,7 @@ users is tested against the real local database at the end.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -25,7 +26,7 @@ import pytest
 from functions.errors import StoreError, StoreUnavailable
 from functions.sinks import FailureRecord, WriteResult
 from functions.sinks.rest import RestSink
-from tests import sink_rows
+from tests import json_http, sink_rows
 from tests.conftest import Database
 from tests.sink_rows import ANA, BEN, NOBODY, Row, soon
 
@@ -107,28 +108,20 @@ class StandIn:
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length", 0))
                 parts = urlsplit(self.path)
                 seen = Seen(
                     "POST",
                     parts.path,
                     parse_qs(parts.query),
                     {k.lower(): v for k, v in self.headers.items()},
-                    json.loads(self.rfile.read(length) or b"null"),
+                    json_http.read_body(self),
                 )
                 reply = stand_in.answer(seen)
                 time.sleep(reply.delay)
-                payload = json.dumps(reply.body).encode()
-                try:
-                    self.send_response(reply.status)
-                    self.send_header("Content-Type", "application/json; charset=utf-8")
-                    self.send_header("Content-Length", str(len(payload)))
-                    for name, value in reply.headers.items():
-                        self.send_header(name, value)
-                    self.end_headers()
-                    self.wfile.write(payload)
-                except OSError:
-                    pass  # the client gave up (its deadline); nothing to answer
+                with contextlib.suppress(OSError):  # the client gave up (its deadline)
+                    json_http.answer(
+                        self, reply.status, json.dumps(reply.body).encode(), reply.headers
+                    )
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass

@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from functions.errors import AuthError, ConfigError, NotServiceRole
 from functions.service_auth import Credential, KeyType, ServiceAuthenticator, bearer_token
+from tests import json_http
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "service_auth"
 JWKS_URL = "https://project-ref.supabase.co/auth/v1/.well-known/jwks.json"
@@ -831,12 +832,8 @@ def local_jwks(keys: Keys) -> Iterator[LocalJwks]:
             state.paths.append(self.path)
             time.sleep(state.delay)
             body = json.dumps(state.document).encode()
-            self.send_response(state.status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # client timed out
-                self.wfile.write(body)
+                json_http.answer(self, state.status, body)
 
         def log_message(self, *args: Any) -> None:  # keep the test output quiet
             pass
