@@ -316,11 +316,9 @@ def _oversized_rejection(index: int, event: Any, limit: int) -> validation.Rejec
 
 
 def _unknown_user_rejection(index: int, sent: list[Any]) -> validation.Rejection:
-    original = sent[index]
-    event_id = original.get("event_id") if isinstance(original, dict) else None
     return validation.Rejection(
         index=index,
-        event_id=event_id if isinstance(event_id, str) else None,
+        event_id=validation.echoed_event_id(sent[index]),
         errors=(validation.FieldError("/user_id", "user_id is not a user of this project"),),
     )
 

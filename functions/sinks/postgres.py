@@ -144,8 +144,7 @@ class PostgresSink:
         document = json.dumps([failure.as_json() for failure in failures])
 
         def record(conn: psycopg.Connection[Any]) -> int:
-            row = conn.execute(_RECORD_FAILURES, (document,)).fetchone()
-            return int(row[0]) if row and row[0] is not None else 0
+            return _count(conn.execute(_RECORD_FAILURES, (document,)).fetchone())
 
         return self._retrying(record, deadline)
 
@@ -159,10 +158,11 @@ class PostgresSink:
         deadline: float,
     ) -> int:
         def take(conn: psycopg.Connection[Any]) -> int:
-            row = conn.execute(
-                _TAKE_RATE_LIMIT, (caller, events, requests_per_minute, events_per_minute)
-            ).fetchone()
-            return int(row[0]) if row and row[0] is not None else 0
+            return _count(
+                conn.execute(
+                    _TAKE_RATE_LIMIT, (caller, events, requests_per_minute, events_per_minute)
+                ).fetchone()
+            )
 
         return self._retrying(take, deadline)
 
@@ -348,6 +348,11 @@ def _connect_refusal_code(message: str) -> str | None:
         if pattern.search(message):
             return code
     return None
+
+
+def _count(row: tuple[Any, ...] | None) -> int:
+    """The whole number a one-value query answered (0 for no row or null)."""
+    return int(row[0]) if row and row[0] is not None else 0
 
 
 def _refusal(exc: psycopg.Error) -> StoreError:
