@@ -112,10 +112,11 @@ def to_utc(
 
 
 def utc_or_none(
-    timestamp: object, zone: pytz.BaseTzInfo | None, now: datetime, future_skew: timedelta
+    timestamp: object, zone: pytz.BaseTzInfo | None, latest: datetime
 ) -> datetime | None:
     """What ``to_utc`` returns for ``timestamp`` read in ``zone`` (the event's or the batch's
-    zone, already found with ``get_zone``), or None where ``to_utc`` would raise.
+    zone, already found with ``get_zone``), or None where ``to_utc`` would raise. ``latest``
+    is the latest instant allowed: ``to_utc``'s ``now + future_skew``.
 
     The quick route of a valid event: no zone lookups, no messages. A caller that gets None
     calls ``to_utc`` for the error, so only the accepting path is duplicated here.
@@ -153,7 +154,7 @@ def utc_or_none(
                 )
     except (ValueError, OverflowError, pytz.InvalidTimeError):
         return None
-    if moment - now > future_skew:
+    if moment > latest:
         return None
     return moment
 
