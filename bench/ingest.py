@@ -138,12 +138,10 @@ def breakdown(body: bytes, sink: PostgresSink) -> dict[str, float]:
     received_at = datetime.now(UTC)
     started = time.perf_counter()
     envelope = validation.parse_envelope(parsed)
-    rows = [
-        validation.normalise_event(
-            event, index, default_timezone=envelope.default_timezone, received_at=received_at
+    with validation.collection_paused():
+        rows = validation.normalise_all(
+            envelope.events, default_timezone=envelope.default_timezone, received_at=received_at
         )
-        for index, event in enumerate(envelope.events)
-    ]
     validate_and_convert = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -312,12 +310,9 @@ def _validate_while_writing(
         try:
             received_at = datetime.now(UTC)
             for start in range(0, len(events), chunk):
-                rows = [
-                    validation.normalise_event(
-                        event, index, default_timezone=None, received_at=received_at
-                    )
-                    for index, event in enumerate(events[start : start + chunk], start)
-                ]
+                rows = validation.normalise_all(
+                    events[start : start + chunk], default_timezone=None, received_at=received_at
+                )
                 chunks.put([row for row in rows if isinstance(row, validation.NormalisedEvent)])
             chunks.put(None)
         except Exception as exc:  # noqa: BLE001 - handed to the writer, which re-raises it

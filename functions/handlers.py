@@ -171,14 +171,13 @@ def _batch_import(request: flask.Request, st: _State, request_id: str) -> flask.
     positions: list[int] = []  # index in the request of each valid event
     rejected: list[validation.Rejection] = []
     with validation.collection_paused():
-        for index, event in enumerate(envelope.events):
-            outcome = validation.normalise_event(
-                event,
-                index,
-                default_timezone=envelope.default_timezone,
-                received_at=received_at,
-                future_skew=skew,
-            )
+        outcomes = validation.normalise_all(
+            envelope.events,
+            default_timezone=envelope.default_timezone,
+            received_at=received_at,
+            future_skew=skew,
+        )
+        for index, (event, outcome) in enumerate(zip(envelope.events, outcomes, strict=True)):
             if check_sizes and _oversized(event, outcome, limit):
                 # An oversized event is rejected for its size alone, valid or not.
                 rejected.append(_oversized_rejection(index, event, limit))

@@ -14,9 +14,10 @@ Property names are caller-chosen too, so the one place a name is repeated is an 
 property of the event itself (its first 64 characters, to point at typos such as
 ``timestmap``); unknown properties inside ``value`` are counted, never named.
 
-Speed: a valid event takes a quick route (``_quick_normalise``: one schema call, no messages);
-any event it gives up on takes the full route, which checks everything apart to word each
-problem. tests/test_validation_fast_paths.py holds the two routes to the same answers.
+Speed: valid events take a quick route (``_quick_normalise_all``: one loop over the batch, one
+schema call per event, no messages); any event it gives up on takes the full route, which
+checks everything apart to word each problem. tests/test_validation_fast_paths.py holds the two
+routes to the same answers. docs/performance.md (section 3) has the measurements.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import hashlib
 import json
 import re
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -313,16 +314,16 @@ def _quick_normalise_all(
     problem; a valid event passes all those checks, so this route takes only the accepting
     branch of each (one schema call, the timestamp without messages, the canonical value, the
     ids) and gives up at the first doubt. It returns exactly what the full route returns,
-    which then also finds every error of the events it gives up on. One loop over the batch
-    with every name it uses bound locally: per event, a function call is a tenth of the work.
+    which then also finds every error of the events it gives up on. One loop over the batch,
+    every name it uses bound locally: a call and a few global lookups per event add up.
     """
     whole_validators, event_validator = _WHOLE_EVENT_VALIDATORS, _EVENT_VALIDATOR
     payload_types = _PAYLOAD_VALIDATORS
     get_zone, utc_or_none = timestamps.get_zone, timestamps.utc_or_none
-    latest = received_at.astimezone(UTC) + future_skew
     canonical_json, derive_id, new_tuple = _canonical_json, _derive_id, _new_tuple
     uuid_of_text, user_uuid = _uuid_of_text, _user_uuid
     received_utc = received_at.astimezone(UTC)
+    latest = received_utc + future_skew
     results: list[NormalisedEvent | None] = []
     append = results.append
     for event in events:
@@ -551,6 +552,31 @@ def echoed_event_id(event: Any) -> str | None:
     return sent if isinstance(sent, str) and len(sent) <= MAX_ECHOED_EVENT_ID_CHARS else None
 
 
+def normalise_all(
+    events: Sequence[Any],
+    *,
+    default_timezone: str | None,
+    received_at: datetime,
+    future_skew: timedelta = DEFAULT_FUTURE_SKEW,
+) -> list[NormalisedEvent | Rejection]:
+    """:func:`normalise_event` of every event of a batch, in batch order (event ``i`` has
+    index ``i``), with the batch's zone looked up once and the valid events taken by one loop.
+    Call it inside :func:`collection_paused`."""
+    received_at = received_at.astimezone(UTC)
+    zone = _batch_zone(default_timezone)
+    quick: list[NormalisedEvent | None] = (
+        [None] * len(events)
+        if zone is _NO_QUICK_ROUTE
+        else _quick_normalise_all(events, zone, received_at, future_skew)
+    )
+    return [
+        outcome
+        if outcome is not None
+        else _full_normalise(events[index], index, default_timezone, received_at, future_skew)
+        for index, outcome in enumerate(quick)
+    ]
+
+
 def normalise_batch(
     envelope: Envelope,
     *,
@@ -559,28 +585,15 @@ def normalise_batch(
 ) -> tuple[list[NormalisedEvent], list[Rejection]]:
     """Normalise every event of a batch; returns the valid events and the rejections, each
     in batch order."""
-    received_at = received_at.astimezone(UTC)
-    default_timezone = envelope.default_timezone
-    events = envelope.events
-    zone = _batch_zone(default_timezone)
-    accepted: list[NormalisedEvent] = []
-    rejected: list[Rejection] = []
     with collection_paused():
-        quick = (
-            [None] * len(events)
-            if zone is _NO_QUICK_ROUTE
-            else _quick_normalise_all(events, zone, received_at, future_skew)
+        outcomes = normalise_all(
+            envelope.events,
+            default_timezone=envelope.default_timezone,
+            received_at=received_at,
+            future_skew=future_skew,
         )
-        for index, result in enumerate(quick):
-            if result is None:
-                full = _full_normalise(
-                    events[index], index, default_timezone, received_at, future_skew
-                )
-                if isinstance(full, Rejection):
-                    rejected.append(full)
-                    continue
-                result = full
-            accepted.append(result)
+        accepted = [o for o in outcomes if not isinstance(o, Rejection)]
+        rejected = [o for o in outcomes if isinstance(o, Rejection)]
     return accepted, rejected
 
 

@@ -1,13 +1,14 @@
 """The fast paths of validation give the answers of the slow ones they replace.
 
-- ``compact_json`` and the canonical encoder (C encoders built once) write exactly what
-  ``json.dumps`` / ``JSONEncoder.encode`` write;
+- ``compact_json`` (the json module's C encoder built once) writes exactly what ``json.dumps``
+  writes, and the canonical encoder (orjson, with the json module for what orjson spells
+  differently) exactly what ``JSONEncoder(sort_keys=True, ...).encode`` writes;
 - the one-call check of a whole event of a known type accepts exactly the events that pass
   the event schema and the payload schema checked apart;
 - the canonical JSON a valid event carries (``value_json``) is its value, and the direct sink
   stores that value unchanged, escapes and all;
-- the quick route of a valid event (``_quick_normalise``, ``timestamps.utc_or_none``, UUIDs
-  and events built through their slots, the derived id's instant from a naive datetime)
+- the quick route of a valid event (``_quick_normalise_all``, ``timestamps.utc_or_none``,
+  UUIDs built through their slots, the derived id's instant from a naive datetime)
   returns exactly what the full route returns, and gives up on everything the full route
   rejects.
 """
@@ -329,6 +330,17 @@ def test_a_batch_gives_the_answers_of_its_events_one_by_one() -> None:
         assert len(accepted) == len(expected) > 0
         for got, want in zip(accepted, expected, strict=True):
             _same_event(got, want)
+        # batch_import's own call: every outcome in batch order, rejections with their index.
+        outcomes = validation.normalise_all(
+            events, default_timezone=default, received_at=RECEIVED, future_skew=SKEW
+        )
+        assert len(outcomes) == len(one_by_one)
+        for got_outcome, want_outcome in zip(outcomes, one_by_one, strict=True):
+            if isinstance(want_outcome, validation.Rejection):
+                assert got_outcome == want_outcome
+            else:
+                assert isinstance(got_outcome, validation.NormalisedEvent)
+                _same_event(got_outcome, want_outcome)
 
 
 _digits = st.integers
