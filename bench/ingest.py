@@ -145,11 +145,11 @@ def breakdown(body: bytes, sink: PostgresSink) -> dict[str, float]:
     validate_and_convert = time.perf_counter() - started
 
     started = time.perf_counter()
+    check_sizes = handlers._events_may_exceed(request, DEFAULT_MAX_EVENT_BYTES)  # once, as there
     oversized = [
         index
         for index, (event, outcome) in enumerate(zip(envelope.events, rows, strict=True))
-        if handlers._events_may_exceed(request, DEFAULT_MAX_EVENT_BYTES)
-        and handlers._oversized(event, outcome, DEFAULT_MAX_EVENT_BYTES)
+        if check_sizes and handlers._oversized(event, outcome, DEFAULT_MAX_EVENT_BYTES)
     ]
     size_check = time.perf_counter() - started
     if oversized:
