@@ -313,6 +313,37 @@ def _transition_message(local: datetime, zone: pytz.BaseTzInfo, timestamp: str) 
 
 def _find_transition(local: datetime, zone: tzinfo) -> tuple[datetime, datetime] | None:
     """The zone's local times one second before and at the clock change ``local`` falls in."""
+    change = _table_transition(local, zone)
+    if change is None:
+        return _searched_transition(local, zone)
+    return (change - _SECOND).astimezone(zone), change.astimezone(zone)
+
+
+def _table_transition(local: datetime, zone: tzinfo) -> datetime | None:
+    """The clock change near ``local`` read from pytz's own transition table (UTC), when that
+    table lists exactly one change of the UTC offset within a day of ``local`` (compared as
+    pytz compares, naive local against UTC); else None. A few microseconds where
+    :func:`_searched_transition` takes about 60."""
+    transitions = getattr(zone, "_utc_transition_times", None)
+    periods = getattr(zone, "_transition_info", None)
+    if transitions is None or periods is None:
+        return None
+    try:
+        first = bisect_right(transitions, local - _DAY)
+        last = bisect_right(transitions, local + _DAY)
+    except OverflowError:
+        return None
+    changes = [
+        index for index in range(max(first, 1), last) if periods[index][0] != periods[index - 1][0]
+    ]
+    if len(changes) != 1:
+        return None
+    moment: datetime = transitions[changes[0]]
+    return _UTC_MIN + (moment - _NAIVE_MIN)
+
+
+def _searched_transition(local: datetime, zone: tzinfo) -> tuple[datetime, datetime] | None:
+    """:func:`_find_transition` by bisection over the zone's offsets, second by second."""
     # Clock changes fall on whole seconds; offsets differ by less than a day.
     as_utc = local.replace(tzinfo=UTC, microsecond=0)
     offsets = {_offset_at(as_utc + day, zone) for day in (-_DAY, _DAY)}
