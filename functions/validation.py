@@ -660,14 +660,13 @@ def _derive_id(user_id: str, event_type: str, timestamp: datetime, value_json: s
     # the list, only faster.
     canonical = f'["{user_id}","{event_type}","{instant}",{value_json}]'.encode()
     # uuid.uuid5 computes exactly this; spelt out, it is a third faster.
-    digest = _SHA1(_NAMESPACE_BYTES + canonical).digest()
+    digest = hashlib.sha1(_NAMESPACE_BYTES + canonical).digest()  # noqa: S324 - no security use
     # uuid.UUID(bytes=digest[:16], version=5): the variant and version bits set by hand.
     return _uuid_of_int(
         (int.from_bytes(digest[:16], "big") & _CLEAR_VERSION_BITS) | _VERSION_5_BITS
     )
 
 
-_SHA1: Final = functools.partial(hashlib.sha1, usedforsecurity=False)  # uuid5 is defined on SHA-1
 _CLEAR_VERSION_BITS: Final = ~((0xC000 << 48) | (0xF000 << 64))
 _VERSION_5_BITS: Final = (0x8000 << 48) | (5 << 76)
 
