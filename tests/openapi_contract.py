@@ -35,8 +35,9 @@ def document() -> dict[str, Any]:
 
 @functools.cache
 def _registry() -> referencing.Registry[Any]:
-    resource = referencing.Resource(contents=document(), specification=DRAFT202012)
-    return referencing.Registry().with_resource(_BASE, resource)
+    resource = DRAFT202012.create_resource(document())
+    # with_resources, not with_resource: the singular form has no return annotation.
+    return referencing.Registry().with_resources([(_BASE, resource)])
 
 
 def resolve(node: Mapping[str, Any]) -> Mapping[str, Any]:

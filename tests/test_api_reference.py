@@ -22,7 +22,6 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import functions_framework
 import httpx
 import jwt
 import psycopg
@@ -32,6 +31,7 @@ from functions import handlers, validation
 from localdb.api_roles import request_as
 from localdb.cluster import ROOT
 from tests.conftest import Database
+from tests.flask_app import create_app
 
 DOC = ROOT / "docs" / "api-usage.md"
 SCRIPT = ROOT / "scripts" / "gen-api-reference.py"
@@ -244,7 +244,7 @@ def services(db: Database, monkeypatch: pytest.MonkeyPatch) -> Iterator[Services
     monkeypatch.setenv("DATABASE_URL", db.url)
     monkeypatch.delenv("SUPABASE_URL", raising=False)
     handlers.state.cache_clear()
-    apps = {name: functions_framework.create_app(name, str(ROOT / "main.py")) for name in FUNCTIONS}
+    apps = {name: create_app(name) for name in FUNCTIONS}
     yield Services(apps)
     if handlers.state.cache_info().currsize:
         sink = handlers.state()._sink
@@ -259,6 +259,13 @@ class Example:
     body: str | None
     status: int
     answer: dict[str, Any]
+
+    @property
+    def url_variable(self) -> str:
+        """The variable naming the function the curl calls (BATCH_IMPORT_URL, ...)."""
+        found = re.search(r"\$(\w+_URL)", self.command)
+        assert found is not None, f"no $..._URL in {self.command!r}"
+        return found[1]
 
 
 def curl_examples() -> list[Example]:
@@ -346,7 +353,7 @@ def test_curl_examples_answer_what_the_page_shows(services: Services) -> None:
     }
     # Every answer the page shows belongs to an example that is replayed here.
     assert len(examples) == DOC.read_text().count("\nAnswer `") >= 6
-    assert {re.search(r"\$(\w+_URL)", e.command)[1] for e in examples} == set(URL_VARIABLES)  # type: ignore[index]
+    assert {e.url_variable for e in examples} == set(URL_VARIABLES)
     with services.client() as client:
         for example in examples:
             response = replay(client, example, variables)

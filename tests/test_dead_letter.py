@@ -15,6 +15,7 @@ from functions import replay
 from localdb.api_roles import request_as
 from localdb.cluster import ROOT
 from tests.conftest import Database
+from tests.flask_app import json_body
 from tests.test_http import ANA, BEN, ClientFactory, auth, event, make_client  # noqa: F401
 
 NEWCOMER = "c3c3c3c3-0000-4000-8000-0000000000aa"
@@ -46,15 +47,16 @@ def test_each_rejected_event_is_stored_with_its_errors_request_and_caller(
         "/", json=[event(), bad_zone, "not an event", unknown_user], headers=auth()
     )
     assert response.status_code == 200, response.json
-    assert response.json["inserted"] == 1
-    assert [r["index"] for r in response.json["rejected"]] == [1, 2, 3]
+    body = json_body(response)
+    assert body["inserted"] == 1
+    assert [r["index"] for r in body["rejected"]] == [1, 2, 3]
 
     kept = failures(db)
     assert [f["event_index"] for f in kept] == [1, 2, 3]
-    assert {f["request_id"] for f in kept} == {response.json["request_id"]}
+    assert {f["request_id"] for f in kept} == {body["request_id"]}
     assert {f["credential_type"] for f in kept} == {"legacy_jwt"}
     assert json.loads(kept[0]["event"]) == bad_zone
-    assert kept[0]["errors"] == response.json["rejected"][0]["errors"]
+    assert kept[0]["errors"] == body["rejected"][0]["errors"]
     assert kept[0]["user_id"] == uuid.UUID(ANA)
     assert json.loads(kept[1]["event"]) == "not an event"
     assert kept[1]["user_id"] is None
@@ -176,7 +178,7 @@ def test_replay_imports_what_passes_now_once_and_marks_it(
 
     # The same events sent again by the caller are duplicates, not new rows.
     again = client.post("/", json=newcomer_events, headers=auth())
-    assert (again.json["inserted"], again.json["duplicates"]) == (0, 2)
+    assert (json_body(again)["inserted"], json_body(again)["duplicates"]) == (0, 2)
 
 
 def test_replay_command_reports_and_needs_a_database(db: Database) -> None:
@@ -208,7 +210,8 @@ def test_a_dead_letter_store_that_fails_is_reported_with_what_was_stored(
     )
     # The valid event is committed; the caller learns it, and that the batch is not complete.
     assert response.status_code == 502
-    assert response.json["error"] == "store_error"
-    assert response.json["store_code"] == "42883"
-    assert response.json["stored"] == 1
+    body = json_body(response)
+    assert body["error"] == "store_error"
+    assert body["store_code"] == "42883"
+    assert body["stored"] == 1
     assert count_events(db, "\"timestamp\" = '2025-09-01T12:00:00Z'") == 1

@@ -23,12 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import functions_framework
 import pytest
 
 from functions import handlers
 from localdb.cluster import ROOT
 from tests.conftest import Database
+from tests.flask_app import create_app
 
 DEPLOY = ROOT / "deploy.sh"
 PROJECT = "engagement-prod-1"
@@ -709,7 +709,7 @@ def scheduler_target(db: Database, monkeypatch: pytest.MonkeyPatch) -> Iterator[
     monkeypatch.delenv("SUPABASE_JWT_SECRET", raising=False)
     monkeypatch.delenv("SUPABASE_URL", raising=False)
     handlers.state.cache_clear()
-    app = functions_framework.create_app("batch_import", str(ROOT / "main.py"))
+    app = create_app("batch_import")
     yield app.test_client()
     sink = handlers.state()._sink if handlers.state.cache_info().currsize else None
     if sink is not None:

@@ -15,7 +15,6 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import functions_framework
 import jwt
 import pytest
 from flask.testing import FlaskClient
@@ -25,6 +24,7 @@ from functions import handlers
 from functions.sinks.postgres import APPLICATION_NAME, PostgresSink
 from localdb import cluster as localcluster
 from tests.conftest import TEMPLATE, Database
+from tests.flask_app import create_app, json_body
 
 pytestmark = pytest.mark.db
 
@@ -83,7 +83,7 @@ def stored_ids(db: Database, ids: list[str]) -> int:
 def assert_unavailable(response: TestResponse) -> dict[str, Any]:
     """A 503 the way the contract promises it: Retry-After, a JSON body, nothing stored."""
     assert response.status_code == 503, response.json
-    body: dict[str, Any] = response.get_json()
+    body = json_body(response)
     assert body["error"] == "store_unavailable"
     assert body["stored"] == 0
     retry_after = int(response.headers["Retry-After"])
@@ -101,7 +101,11 @@ def sink_backends(db: Database, *, waiting_on: str | None = None) -> list[int]:
             " and (%s::text is null or wait_event_type = %s or wait_event = %s)",
             (APPLICATION_NAME, db.name, waiting_on, waiting_on, waiting_on),
         ).fetchall()
-    return [int(pid) for (pid,) in found]
+    pids: list[int] = []
+    for (pid,) in found:
+        assert isinstance(pid, int), pid
+        pids.append(pid)
+    return pids
 
 
 def wait_for_sink(db: Database, waiting_on: str, count: int = 1) -> None:
@@ -138,7 +142,7 @@ def serve(monkeypatch: pytest.MonkeyPatch) -> Iterator[ServeApp]:
         for name, value in env.items():
             monkeypatch.setenv(name, value)
         handlers.state.cache_clear()
-        app = functions_framework.create_app("batch_import", str(localcluster.ROOT / "main.py"))
+        app = create_app("batch_import")
         return app.test_client()
 
     yield factory
@@ -204,13 +208,13 @@ def test_database_stopped_mid_batch_commits_nothing_and_the_retry_stores_each_ev
 
     again = client.post("/", json=events, headers=auth())
     assert again.status_code == 200, again.json
-    assert (again.json["inserted"], again.json["duplicates"]) == (10_000, 0)
+    assert (json_body(again)["inserted"], json_body(again)["duplicates"]) == (10_000, 0)
     assert rows_of(fault_db) == (10_000, 10_000)
     given_ids = [e["event_id"] for e in events if "event_id" in e]
     assert stored_ids(fault_db, given_ids) == 5_000
 
     third = client.post("/", json=events, headers=auth())
-    assert (third.json["inserted"], third.json["duplicates"]) == (0, 10_000)
+    assert (json_body(third)["inserted"], json_body(third)["duplicates"]) == (0, 10_000)
     assert rows_of(fault_db) == (10_000, 10_000)
 
 
@@ -248,7 +252,7 @@ def test_a_lost_commit_acknowledgement_is_reported_as_duplicates_on_retry(
 
     again = client.post("/", json=events, headers=auth())
     assert again.status_code == 200, again.json
-    assert (again.json["inserted"], again.json["duplicates"]) == (0, 200)
+    assert (json_body(again)["inserted"], json_body(again)["duplicates"]) == (0, 200)
     assert rows_of(fault_db) == (200, 200)
 
 
@@ -280,7 +284,7 @@ def test_statement_timeout_during_an_import_is_503_and_nothing_partial(
     with db.connect() as owner:
         owner.execute("drop trigger stall on public.engagement_events")
     again = client.post("/", json=events, headers=auth())
-    assert (again.status_code, again.json["inserted"]) == (200, 1_000)
+    assert (again.status_code, json_body(again)["inserted"]) == (200, 1_000)
     assert rows_of(db) == (1_000, 1_000)
 
 
@@ -310,7 +314,7 @@ def test_lock_timeout_on_a_conflicting_row_is_503_and_nothing_partial(
 
     assert rows_of(db) == (0, 0)
     again = client.post("/", json=events, headers=auth())
-    assert (again.status_code, again.json["inserted"]) == (200, 1_000)
+    assert (again.status_code, json_body(again)["inserted"]) == (200, 1_000)
 
 
 # -- connection refused, at cold start and mid-life ------------------------------------------
@@ -329,7 +333,7 @@ def test_database_down_at_cold_start_then_back_without_a_new_app(
     fault_db.cluster.start_server()
     second = client.post("/", json=events, headers=auth())
     assert second.status_code == 200, second.json
-    assert (second.json["inserted"], second.json["duplicates"]) == (50, 0)
+    assert (json_body(second)["inserted"], json_body(second)["duplicates"]) == (50, 0)
     assert rows_of(fault_db) == (50, 50)
 
 
@@ -367,7 +371,7 @@ def test_a_server_restart_between_requests_costs_the_caller_nothing(
     response = client.post("/", json=events, headers=auth())
 
     assert response.status_code == 200, response.json
-    assert response.json["inserted"] == 30
+    assert json_body(response)["inserted"] == 30
     assert rows_of(fault_db) == (70, 70)
 
 
@@ -383,7 +387,7 @@ def test_a_request_while_the_server_is_down_is_503_and_the_next_one_recovers(
 
     fault_db.cluster.start_server()
     response = client.post("/", json=events, headers=auth())
-    assert (response.status_code, response.json["inserted"]) == (200, 30)
+    assert (response.status_code, json_body(response)["inserted"]) == (200, 30)
     assert rows_of(fault_db) == (50, 50)
 
 
@@ -429,7 +433,7 @@ def test_a_wrong_database_password_is_502_and_not_retried(
     response = client.post("/", json=batch(5), headers=auth())
 
     assert response.status_code == 502, response.json
-    body = response.json
+    body = json_body(response)
     assert body["error"] == "store_error"
     assert body["store_code"] == "28P01"
     assert "not-the-password" not in response.get_data(as_text=True)
@@ -452,8 +456,8 @@ def test_a_database_url_that_names_nothing_is_502(
     response = client.post("/", json=batch(5), headers=auth())
 
     assert response.status_code == 502, response.json
-    assert response.json["error"] == "store_error"
-    assert response.json["store_code"] == code
+    assert json_body(response)["error"] == "store_error"
+    assert json_body(response)["store_code"] == code
     assert "Retry-After" not in response.headers
 
 
@@ -495,9 +499,9 @@ def test_the_same_batch_sent_concurrently_from_eight_connections_is_stored_once(
         sender.join(timeout=120)
 
     assert [r.status_code for r in responses] == [200] * 8, [r.json for r in responses]
-    assert sum(r.json["inserted"] for r in responses) == 2_000
-    assert sum(r.json["duplicates"] for r in responses) == 7 * 2_000
-    assert all(r.json["inserted"] + r.json["duplicates"] == 2_000 for r in responses)
+    assert sum(json_body(r)["inserted"] for r in responses) == 2_000
+    assert sum(json_body(r)["duplicates"] for r in responses) == 7 * 2_000
+    assert all(json_body(r)["inserted"] + json_body(r)["duplicates"] == 2_000 for r in responses)
     assert rows_of(db) == (2_000, 2_000)
     # The copies came in different orders and still never deadlocked (each deadlock costs a
     # second, a retry, and after three a 503).

@@ -24,15 +24,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import functions_framework
 import jwt
 import pytest
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from functions import handlers
-from localdb.cluster import ROOT
 from tests import json_http
+from tests.flask_app import create_app, json_body
 
 SECRET = "rest-fault-test-jwt-secret-with-at-least-32-characters"
 KEY = "service-role-key-for-rest-fault-tests"
@@ -248,7 +247,7 @@ def serve(stand_in: StandIn, monkeypatch: pytest.MonkeyPatch) -> Iterator[ServeA
         for name, value in env.items():
             monkeypatch.setenv(name, value)
         handlers.state.cache_clear()
-        app = functions_framework.create_app("batch_import", str(ROOT / "main.py"))
+        app = create_app("batch_import")
         return app.test_client()
 
     yield factory
@@ -296,7 +295,7 @@ def assert_every_write_ignores_duplicates(stand_in: StandIn) -> None:
 
 def unavailable(response: TestResponse) -> dict[str, Any]:
     assert response.status_code == 503, response.json
-    body: dict[str, Any] = response.get_json()
+    body = json_body(response)
     assert body["error"] == "store_unavailable"
     assert int(response.headers["Retry-After"]) == body["retry_after"] >= 1
     assert KEY not in response.get_data(as_text=True)
@@ -315,7 +314,7 @@ def test_a_connection_dropped_before_the_write_is_retried_and_stores_once(
     response = serve().post("/", json=events, headers=auth())
 
     assert response.status_code == 200, response.json
-    assert (response.json["inserted"], response.json["duplicates"]) == (20, 0)
+    assert (json_body(response)["inserted"], json_body(response)["duplicates"]) == (20, 0)
     assert len(stand_in.writes()) == 2
     assert_each_stored_once(stand_in, events)
 
@@ -330,7 +329,7 @@ def test_a_write_whose_answer_was_lost_is_retried_without_a_duplicate(
 
     # The first attempt stored the rows; its answer never came, so the retry finds them there.
     assert response.status_code == 200, response.json
-    assert (response.json["inserted"], response.json["duplicates"]) == (0, 20)
+    assert (json_body(response)["inserted"], json_body(response)["duplicates"]) == (0, 20)
     assert len(stand_in.writes()) == 2
     assert_every_write_ignores_duplicates(stand_in)
     assert_each_stored_once(stand_in, events)
@@ -345,7 +344,7 @@ def test_a_lost_answer_in_the_middle_chunk_completes_the_batch_once(
     response = serve().post("/", json=events, headers=auth())
 
     assert response.status_code == 200, response.json
-    assert (response.json["inserted"], response.json["duplicates"]) == (700, 500)
+    assert (json_body(response)["inserted"], json_body(response)["duplicates"]) == (700, 500)
     assert [len(w.body) for w in stand_in.writes()] == [500, 500, 500, 200]
     assert_every_write_ignores_duplicates(stand_in)
     assert_each_stored_once(stand_in, events)
@@ -357,7 +356,7 @@ def test_a_dropped_unknown_users_lookup_is_retried(stand_in: StandIn, serve: Ser
 
     response = serve().post("/", json=events, headers=auth())
 
-    assert (response.status_code, response.json["inserted"]) == (200, 10)
+    assert (response.status_code, json_body(response)["inserted"]) == (200, 10)
     assert len([s for s in stand_in.seen if s.path == UNKNOWN_USERS_PATH]) == 2
     assert_each_stored_once(stand_in, events)
 
@@ -373,7 +372,7 @@ def test_an_answer_that_is_not_the_rows_is_never_taken_for_duplicates(
     response = serve().post("/", json=events, headers=auth())
 
     assert response.status_code == 200, response.json
-    assert (response.json["inserted"], response.json["duplicates"]) == (10, 0)
+    assert (json_body(response)["inserted"], json_body(response)["duplicates"]) == (10, 0)
     assert_each_stored_once(stand_in, events)
 
 
@@ -396,7 +395,7 @@ def test_retry_after_within_the_cap_is_waited_out_then_the_write_succeeds(
 
     response = serve().post("/", json=events, headers=auth())
 
-    assert (response.status_code, response.json["inserted"]) == (200, 10)
+    assert (response.status_code, json_body(response)["inserted"]) == (200, 10)
     first, second = stand_in.writes()
     assert second.at - first.at >= 1.0  # the Retry-After of one second was honoured
     assert_each_stored_once(stand_in, events)
@@ -465,7 +464,7 @@ def test_a_failing_later_chunk_says_how_many_are_stored_and_the_retry_completes_
     stand_in.faults[TABLE_PATH].clear()  # the Data API is back
     again = client.post("/", json=events, headers=auth())
     assert again.status_code == 200, again.json
-    assert (again.json["inserted"], again.json["duplicates"]) == (700, 500)
+    assert (json_body(again)["inserted"], json_body(again)["duplicates"]) == (700, 500)
     assert_every_write_ignores_duplicates(stand_in)
     assert_each_stored_once(stand_in, events)
 
@@ -493,7 +492,8 @@ def test_a_data_api_slower_than_the_deadline_is_a_503_not_a_hang(
             break
         time.sleep(0.01)
     again = client.post("/", json=events, headers=auth())
-    assert (again.status_code, again.json["inserted"], again.json["duplicates"]) == (200, 0, 10)
+    retried = json_body(again)
+    assert (again.status_code, retried["inserted"], retried["duplicates"]) == (200, 0, 10)
     assert_each_stored_once(stand_in, events)
 
 
@@ -512,7 +512,8 @@ def test_an_answer_dripping_in_past_the_deadline_is_a_503_not_a_hang(
     stand_in.release.set()
     # The rows were stored before the answer began: the retry reports them, and adds none.
     again = client.post("/", json=events, headers=auth())
-    assert (again.status_code, again.json["inserted"], again.json["duplicates"]) == (200, 0, 3)
+    retried = json_body(again)
+    assert (again.status_code, retried["inserted"], retried["duplicates"]) == (200, 0, 3)
     assert_each_stored_once(stand_in, events)
 
 
@@ -545,7 +546,7 @@ def test_a_refusal_is_502_store_error_and_not_retried(
     response = serve().post("/", json=batch(10), headers=auth())
 
     assert response.status_code == 502, response.json
-    body = response.json
+    body = json_body(response)
     assert (body["error"], body["store_code"], body["stored"]) == ("store_error", error["code"], 0)
     assert "Retry-After" not in response.headers
     assert "secret-payload-value" not in response.get_data(as_text=True)
@@ -561,6 +562,6 @@ def test_a_refusal_of_a_later_chunk_says_how_many_are_stored(
     response = serve().post("/", json=events, headers=auth())
 
     assert response.status_code == 502, response.json
-    assert (response.json["store_code"], response.json["stored"]) == ("PGRST303", 500)
+    assert (json_body(response)["store_code"], json_body(response)["stored"]) == ("PGRST303", 500)
     assert len(stand_in.writes()) == 2
     assert len(stand_in.rows) == 500

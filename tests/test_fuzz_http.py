@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-import functions_framework
 import hypothesis
 import pytest
 import schemathesis
@@ -31,9 +30,9 @@ from schemathesis.specs.openapi.checks import (
 from werkzeug.exceptions import NotFound
 
 from functions import handlers
-from localdb.cluster import ROOT
 from tests import openapi_contract as contract
 from tests.conftest import Database
+from tests.flask_app import create_app, json_body
 from tests.test_http import ANA, BEN, SECRET, event, stored, token
 
 EXAMPLES_PER_OPERATION = 20
@@ -86,7 +85,7 @@ def functions_app(db: Database, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any
     for target in ("batch_import", "convert_timestamps", "verify_service_jwt"):
         monkeypatch.setenv("FUNCTION_TARGET", target)
         handlers.state.cache_clear()
-        mounts[target] = functions_framework.create_app(target, str(ROOT / "main.py"))
+        mounts[target] = create_app(target)
     yield _Functions(mounts)
     if handlers.state.cache_info().currsize:
         sink = handlers.state()._sink
@@ -173,14 +172,15 @@ def test_generated_requests_get_documented_answers(
     run()
     assert statuses, "requests were generated and sent"
     # The server is still healthy: a valid batch imports and is stored.
-    client = functions_framework.create_app("batch_import", str(ROOT / "main.py")).test_client()
+    client = create_app("batch_import").test_client()
     healthy = client.post(
         "/",
         json=[event(timestamp="2025-07-01T09:00:00Z", timezone=None, value={"platform": "web"})],
         headers={"Authorization": f"Bearer {token()}"},
     )
     assert healthy.status_code == 200, healthy.get_data()[:300]
-    assert healthy.json["inserted"] + healthy.json["duplicates"] == 1
+    body = json_body(healthy)
+    assert body["inserted"] + body["duplicates"] == 1
     assert any(
         row[0] == ANA and row[1].isoformat() == "2025-07-01T09:00:00+00:00"
         for row in stored(db, since="2025-07-01T00:00:00Z")

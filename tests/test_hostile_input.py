@@ -17,6 +17,7 @@ from flask.testing import FlaskClient
 from functions.http import compressed_ceiling
 from tests import openapi_contract as contract
 from tests.conftest import Database
+from tests.flask_app import json_body
 from tests.test_http import (  # noqa: F401 - make_client is a fixture used by name
     ANA,
     BEN,
@@ -254,7 +255,7 @@ def test_a_refused_body_is_not_kept_in_memory(make_client: ClientFactory) -> Non
         headers={**auth(), "Content-Type": "application/json", "Content-Encoding": "gzip"},
     )
     assert declared.status_code == 413
-    assert "compressed body" in declared.json["message"]
+    assert "compressed body" in json_body(declared)["message"]
 
 
 # --- metacharacters -----------------------------------------------------------------------------

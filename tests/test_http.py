@@ -10,14 +10,14 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import functions_framework
 import jwt
 import pytest
 from flask.testing import FlaskClient
 
 from functions import handlers
-from localdb.cluster import ROOT, free_port
+from localdb.cluster import free_port
 from tests.conftest import Database
+from tests.flask_app import create_app, json_body
 
 SECRET = "local-test-jwt-secret-with-at-least-32-characters"
 ANA = "a1a1a1a1-0000-4000-8000-000000000001"
@@ -46,7 +46,7 @@ def make_client(db: Database, monkeypatch: pytest.MonkeyPatch) -> Iterator[Clien
         for name, value in env.items():
             monkeypatch.setenv(name, value)
         handlers.state.cache_clear()
-        app = functions_framework.create_app(target, str(ROOT / "main.py"))
+        app = create_app(target)
         return app.test_client()
 
     yield factory
@@ -99,7 +99,7 @@ def test_batch_is_stored_in_utc_and_answered_with_counts(
         headers=auth(),
     )
     assert response.status_code == 200, response.json
-    body = response.json
+    body = json_body(response)
     assert body["inserted"] == 2
     assert body["duplicates"] == 0
     assert body["rejected"] == []
@@ -116,8 +116,8 @@ def test_same_batch_twice_is_stored_once(db: Database, make_client: ClientFactor
     batch = [event(), event(event_id=str(uuid.uuid4()), timestamp="2025-06-01T08:00:00")]
     first = client.post("/", json=batch, headers=auth())
     second = client.post("/", json=batch, headers=auth())
-    assert (first.json["inserted"], first.json["duplicates"]) == (2, 0)
-    assert (second.json["inserted"], second.json["duplicates"]) == (0, 2)
+    assert (json_body(first)["inserted"], json_body(first)["duplicates"]) == (2, 0)
+    assert (json_body(second)["inserted"], json_body(second)["duplicates"]) == (0, 2)
     assert len(stored(db)) == 2
 
 
@@ -134,7 +134,7 @@ def test_partial_mode_stores_the_valid_and_reports_every_problem(
     }
     response = client.post("/", json=batch, headers=auth())
     assert response.status_code == 200
-    body = response.json
+    body = json_body(response)
     assert body["inserted"] == 1
     rejected = {r["index"]: {e["path"] for e in r["errors"]} for r in body["rejected"]}
     assert rejected == {1: {"/timestamp", "/event_type"}, 2: {"/user_id"}}
@@ -148,8 +148,8 @@ def test_atomic_mode_writes_nothing_when_one_event_is_bad(
     batch = {"mode": "atomic", "events": [event(), event(timestamp="not a time")]}
     response = client.post("/", json=batch, headers=auth())
     assert response.status_code == 422
-    assert response.json["inserted"] == 0
-    assert [r["index"] for r in response.json["rejected"]] == [1]
+    assert json_body(response)["inserted"] == 0
+    assert [r["index"] for r in json_body(response)["rejected"]] == [1]
     assert stored(db) == []
 
 
@@ -157,7 +157,7 @@ def test_every_event_rejected_is_422(db: Database, make_client: ClientFactory) -
     client = make_client("batch_import")
     response = client.post("/", json=[event(user_id="not-a-uuid")], headers=auth())
     assert response.status_code == 422
-    assert response.json["rejected"][0]["errors"][0]["path"] == "/user_id"
+    assert json_body(response)["rejected"][0]["errors"][0]["path"] == "/user_id"
 
 
 def test_gzip_body_is_accepted(db: Database, make_client: ClientFactory) -> None:
@@ -169,7 +169,7 @@ def test_gzip_body_is_accepted(db: Database, make_client: ClientFactory) -> None
         headers={**auth(), "Content-Type": "application/json", "Content-Encoding": "gzip"},
     )
     assert response.status_code == 200, response.json
-    assert response.json["inserted"] == 1
+    assert json_body(response)["inserted"] == 1
 
 
 @pytest.mark.parametrize(
@@ -230,9 +230,10 @@ def test_bad_requests_get_their_status_and_a_json_error(
     headers = {**auth(), **kwargs.pop("headers", {})}
     response = client.post("/", headers=headers, **kwargs)
     assert response.status_code == status
-    assert response.json["error"] == code
-    assert response.json["message"]
-    assert response.json["request_id"] == response.headers["X-Request-Id"]
+    body = json_body(response)
+    assert body["error"] == code
+    assert body["message"]
+    assert body["request_id"] == response.headers["X-Request-Id"]
 
 
 def test_wrong_method_is_405_with_allow(make_client: ClientFactory) -> None:
@@ -247,7 +248,7 @@ def test_limits_answer_413(make_client: ClientFactory) -> None:
     )
     too_many = client.post("/", json=[event(), event(), event()], headers=auth())
     assert too_many.status_code == 413
-    assert "limit is 2" in too_many.json["message"]
+    assert "limit is 2" in json_body(too_many)["message"]
     too_big = client.post("/", json=[event(value={"note": "x" * 5000})], headers=auth())
     assert too_big.status_code == 413
     bomb = gzip.compress(b"[" + b" " * 10_000_000 + b"]")
@@ -258,7 +259,8 @@ def test_limits_answer_413(make_client: ClientFactory) -> None:
     )
     assert exploded.status_code == 413
     # Refused before decompressing when the compressed body alone is over the limit.
-    assert "decompresses" in exploded.json["message"] or "compressed" in exploded.json["message"]
+    message = json_body(exploded)["message"]
+    assert "decompresses" in message or "compressed" in message
 
 
 def test_an_oversized_event_is_rejected_not_the_batch(
@@ -271,9 +273,10 @@ def test_an_oversized_event_is_rejected_not_the_batch(
         headers=auth(),
     )
     assert response.status_code == 200
-    assert response.json["inserted"] == 1
-    assert response.json["rejected"][0]["index"] == 1
-    assert "limit of 512 bytes" in response.json["rejected"][0]["errors"][0]["message"]
+    body = json_body(response)
+    assert body["inserted"] == 1
+    assert body["rejected"][0]["index"] == 1
+    assert "limit of 512 bytes" in body["rejected"][0]["errors"][0]["message"]
 
 
 @pytest.mark.parametrize(
@@ -298,7 +301,7 @@ def test_credentials_are_checked_before_anything_else(
 ) -> None:
     response = make_client("batch_import").post("/", json=[event()], headers=headers)
     assert response.status_code == status
-    assert response.json["error"] == code
+    assert json_body(response)["error"] == code
     assert stored(db) == []
 
 
@@ -308,7 +311,7 @@ def test_store_unavailable_is_503_with_retry_after(make_client: ClientFactory) -
     )
     response = client.post("/", json=[event()], headers=auth())
     assert response.status_code == 503
-    assert response.json["error"] == "store_unavailable"
+    assert json_body(response)["error"] == "store_unavailable"
     assert int(response.headers["Retry-After"]) > 0
 
 
@@ -317,7 +320,7 @@ def test_caller_request_id_is_echoed(make_client: ClientFactory) -> None:
         "/", json=[event()], headers={**auth(), "X-Request-Id": "wearables-sync-000123"}
     )
     assert response.headers["X-Request-Id"] == "wearables-sync-000123"
-    assert response.json["request_id"] == "wearables-sync-000123"
+    assert json_body(response)["request_id"] == "wearables-sync-000123"
 
 
 def test_convert_timestamps_batch(make_client: ClientFactory) -> None:
@@ -337,7 +340,7 @@ def test_convert_timestamps_batch(make_client: ClientFactory) -> None:
         headers=auth(),
     )
     assert response.status_code == 200
-    results = response.json["results"]
+    results = json_body(response)["results"]
     assert results[0] == {"index": 0, "utc": "2024-12-01T07:30:00Z"}
     assert results[1]["error"] == "nonexistent_local_time"
     assert results[2] == {"index": 2, "utc": "2024-12-01T07:30:00Z"}
@@ -348,12 +351,12 @@ def test_convert_timestamps_batch(make_client: ClientFactory) -> None:
 def test_convert_one_timestamp_with_get(make_client: ClientFactory) -> None:
     client = make_client("convert_timestamps")
     ok = client.get("/?timestamp=2024-11-03T01:30:00-04:00", headers=auth())
-    assert ok.json["utc"] == "2024-11-03T05:30:00Z"
+    assert json_body(ok)["utc"] == "2024-11-03T05:30:00Z"
     ambiguous = client.get(
         "/?timestamp=2024-11-03T01:30:00&timezone=America/New_York", headers=auth()
     )
     assert ambiguous.status_code == 422
-    assert ambiguous.json["error"] == "ambiguous_local_time"
+    assert json_body(ambiguous)["error"] == "ambiguous_local_time"
     missing = client.get("/", headers=auth())
     assert missing.status_code == 400
     unauthenticated = client.get("/?timestamp=2024-11-03T01:30:00Z")
@@ -364,19 +367,20 @@ def test_verify_service_jwt(make_client: ClientFactory) -> None:
     client = make_client("verify_service_jwt")
     valid = client.get("/", headers=auth())
     assert valid.status_code == 200
-    assert valid.json["valid"] is True
-    assert valid.json["key_type"] == "legacy_jwt"
-    assert valid.json["expires_at"].endswith("Z")
+    body = json_body(valid)
+    assert body["valid"] is True
+    assert body["key_type"] == "legacy_jwt"
+    assert body["expires_at"].endswith("Z")
     in_body = client.post("/", json={"token": token()})
     assert in_body.status_code == 200
     expired = client.get("/", headers={"Authorization": f"Bearer {token(exp_in=-600)}"})
-    assert (expired.status_code, expired.json["valid"], expired.json["error"]) == (
+    assert (expired.status_code, json_body(expired)["valid"], json_body(expired)["error"]) == (
         401,
         False,
         "expired",
     )
     user = client.get("/", headers=auth("authenticated"))
-    assert (user.status_code, user.json["error"], user.json["role"]) == (
+    assert (user.status_code, json_body(user)["error"], json_body(user)["role"]) == (
         403,
         "not_service_role",
         "authenticated",

@@ -19,7 +19,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import functions_framework
 import jwt
 import psycopg
 import pytest
@@ -31,6 +30,7 @@ from localdb import cluster as localcluster
 from localdb.api_roles import request_as
 from localdb.cluster import ROOT
 from tests.conftest import Database
+from tests.flask_app import create_app
 
 MONITORING = ROOT / "monitoring"
 SCRIPT = ROOT / "scripts" / "apply-monitoring.sh"
@@ -77,7 +77,7 @@ def logged_requests(
     def client(target: str) -> FlaskClient:
         monkeypatch.setenv("FUNCTION_TARGET", target)
         handlers.state.cache_clear()
-        return functions_framework.create_app(target, str(ROOT / "main.py")).test_client()
+        return create_app(target).test_client()
 
     service = {"Authorization": f"Bearer {token()}"}
     try:

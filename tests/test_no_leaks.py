@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import functions_framework
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -29,9 +28,10 @@ from flask.testing import FlaskClient
 from functions import handlers, log
 from functions.errors import ConfigError
 from functions.sinks import FailureRecord, WriteResult
-from localdb.cluster import ROOT, free_port
+from localdb.cluster import free_port
 from tests import json_http
 from tests.conftest import Database
+from tests.flask_app import create_app
 
 # --- canaries -----------------------------------------------------------------------------------
 
@@ -655,7 +655,7 @@ def _client(target: str, monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     handlers.state.cache_clear()
-    return functions_framework.create_app(target, str(ROOT / "main.py")).test_client()
+    return create_app(target).test_client()
 
 
 @pytest.fixture

@@ -9,12 +9,14 @@ from datetime import UTC, datetime
 
 import pytest
 from flask.testing import FlaskClient
+from werkzeug.test import TestResponse
 
 from functions import handlers
 from functions.config import Settings
 from functions.errors import ConfigError
 from localdb.api_roles import request_as
 from tests.conftest import Database
+from tests.flask_app import json_body
 from tests.test_http import ClientFactory, auth, event, make_client  # noqa: F401
 
 KEY_A = "sb_secret_rate_limit_caller_a_0123456789"
@@ -35,7 +37,9 @@ def batch(size: int, start_hour: int = 0) -> list[dict[str, object]]:
     ]
 
 
-def post(client: FlaskClient, events: list[dict[str, object]], key: str | None = None):  # type: ignore[no-untyped-def]
+def post(
+    client: FlaskClient, events: list[dict[str, object]], key: str | None = None
+) -> TestResponse:
     headers = {"apikey": key} if key else auth()
     return client.post("/", json=events, headers=headers)
 
@@ -53,11 +57,12 @@ def test_over_the_request_limit_answers_429_with_retry_after_across_instances(
 
     refused = post(second, batch(1, 5))
     assert refused.status_code == 429
-    assert refused.json["error"] == "rate_limited"
+    body = json_body(refused)
+    assert body["error"] == "rate_limited"
     retry_after = int(refused.headers["Retry-After"])
     assert 1 <= retry_after <= 60
-    assert refused.json["retry_after"] == retry_after
-    assert "3 requests" in refused.json["message"]
+    assert body["retry_after"] == retry_after
+    assert "3 requests" in body["message"]
 
 
 def test_event_limit_counts_events_and_refused_requests_count_nothing(

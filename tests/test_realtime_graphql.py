@@ -140,6 +140,7 @@ def test_applies_without_publication_realtime_schema_or_pg_graphql(
                 "select obj_description('public.engagement_events'::regclass, 'pg_class')"
             ).fetchone()
         assert comment is not None
+        assert isinstance(comment[0], str)
         assert '@graphql({"totalCount": {"enabled": true}})' in comment[0]
     finally:
         cluster.drop("bare_realtime")

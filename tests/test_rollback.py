@@ -180,6 +180,7 @@ def test_down_scripts_undo_every_migration_and_the_migrations_apply_again(
         with cluster.connect("postgres", "rollback_target") as conn:
             seeded = conn.execute("select count(*) from public.engagement_events").fetchone()
         assert seeded is not None
+        assert isinstance(seeded[0], int)
         assert seeded[0] > 0
 
         for migration in reversed(migrations()):
@@ -327,6 +328,7 @@ def test_the_documented_merge_restores_deleted_rows_and_skips_erased_users(
             conn.execute("delete from auth.users where id = 'b2b2b2b2-0000-4000-8000-000000000002'")
         assert lost > 0
         assert erased is not None
+        assert isinstance(erased[0], int)
         assert erased[0] > 0
 
         merge = doc_block("**Merge into a table that has rows**", "sql")

@@ -16,23 +16,21 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
-import functions_framework
 import httpx
 import jwt
 import pytest
 from flask.testing import FlaskClient
 
 from functions import handlers
+from tests.flask_app import create_app
 from tests.live.api import Caller, DataApi, in_list
 from tests.live.checks import Checks
 from tests.live.conftest import LiveEnv, LiveUsers
 from tests.live.report import LiveReport
 
 AREA = "Functions through the REST sink"
-ROOT = Path(__file__).resolve().parents[2]
 IMPORT_TYPE = "live_check_import"
 """An event type only this test writes, so that counts are exact."""
 _FUNCTION_VARIABLES = (
@@ -106,9 +104,7 @@ def make_function_app(live_env: LiveEnv, monkeypatch: pytest.MonkeyPatch) -> App
         if live_env.service_key.startswith("sb_secret_"):
             monkeypatch.setenv("SUPABASE_SECRET_KEYS", live_env.service_key)
         handlers.state.cache_clear()
-        app = functions_framework.create_app(target, str(ROOT / "main.py"))  # type: ignore[no-untyped-call]
-        client: FlaskClient = app.test_client()
-        return client
+        return create_app(target).test_client()
 
     return factory
 

@@ -188,10 +188,14 @@ def test_any_body_is_an_envelope_or_a_malformed_request(body: Any) -> None:
 # --- timestamps ---------------------------------------------------------------------------------
 
 
-def _converted(text: str, **zones: str) -> datetime | TimestampError:
+def _converted(
+    text: str, *, timezone: str | None = None, default_timezone: str | None = None
+) -> datetime | TimestampError:
     """to_utc with no future bound to speak of; the error instead of raising it."""
     try:
-        return timestamps.to_utc(text, now=FAR_FUTURE, **zones)
+        return timestamps.to_utc(
+            text, timezone=timezone, default_timezone=default_timezone, now=FAR_FUTURE
+        )
     except TimestampError as exc:
         return exc
 

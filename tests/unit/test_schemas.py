@@ -16,7 +16,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
-import jsonschema  # type: ignore[import-untyped]  # no stubs; the tests only
+import jsonschema
 import jsonschema_rs
 import pytest
 
@@ -202,7 +202,7 @@ REFERENCE_FORMATS = jsonschema.FormatChecker(formats=["uuid"])
 RFC 3339 section 5.6, written from the RFC rather than copied from either implementation."""
 
 
-@REFERENCE_FORMATS.checks("date-time")  # type: ignore[untyped-decorator]
+@REFERENCE_FORMATS.checks("date-time")
 def _is_rfc3339_date_time(instance: object) -> bool:
     if not isinstance(instance, str):
         return True
