@@ -31,7 +31,7 @@ from functions import handlers, validation
 from localdb.api_roles import request_as
 from localdb.cluster import ROOT
 from tests.conftest import Database
-from tests.flask_app import create_app
+from tests.flask_app import create_app, forget_function_state
 
 DOC = ROOT / "docs" / "api-usage.md"
 SCRIPT = ROOT / "scripts" / "gen-api-reference.py"
@@ -246,11 +246,7 @@ def services(db: Database, monkeypatch: pytest.MonkeyPatch) -> Iterator[Services
     handlers.state.cache_clear()
     apps = {name: create_app(name) for name in FUNCTIONS}
     yield Services(apps)
-    if handlers.state.cache_info().currsize:
-        sink = handlers.state()._sink
-        if sink is not None:
-            sink.close()
-    handlers.state.cache_clear()
+    forget_function_state()
 
 
 @dataclass

@@ -24,7 +24,7 @@ from functions import handlers
 from functions.sinks.postgres import APPLICATION_NAME, PostgresSink
 from localdb import cluster as localcluster
 from tests.conftest import TEMPLATE, Database
-from tests.flask_app import create_app, json_body
+from tests.flask_app import create_app, forget_function_state, json_body
 
 pytestmark = pytest.mark.db
 
@@ -146,11 +146,7 @@ def serve(monkeypatch: pytest.MonkeyPatch) -> Iterator[ServeApp]:
         return app.test_client()
 
     yield factory
-    if handlers.state.cache_info().currsize:
-        sink = handlers.state()._sink
-        if sink is not None:
-            sink.close()
-    handlers.state.cache_clear()
+    forget_function_state()
 
 
 @pytest.fixture(scope="module")

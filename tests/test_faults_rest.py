@@ -31,7 +31,7 @@ from werkzeug.test import TestResponse
 
 from functions import handlers
 from tests import json_http
-from tests.flask_app import create_app, json_body
+from tests.flask_app import create_app, forget_function_state, json_body
 
 SECRET = "rest-fault-test-jwt-secret-with-at-least-32-characters"
 KEY = "service-role-key-for-rest-fault-tests"
@@ -251,11 +251,7 @@ def serve(stand_in: StandIn, monkeypatch: pytest.MonkeyPatch) -> Iterator[ServeA
         return app.test_client()
 
     yield factory
-    if handlers.state.cache_info().currsize:
-        sink = handlers.state()._sink
-        if sink is not None:
-            sink.close()
-    handlers.state.cache_clear()
+    forget_function_state()
 
 
 def auth() -> dict[str, str]:

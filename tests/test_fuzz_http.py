@@ -32,7 +32,7 @@ from werkzeug.exceptions import NotFound
 from functions import handlers
 from tests import openapi_contract as contract
 from tests.conftest import Database
-from tests.flask_app import create_app, json_body
+from tests.flask_app import create_app, forget_function_state, json_body
 from tests.test_http import ANA, BEN, SECRET, event, stored, token
 
 EXAMPLES_PER_OPERATION = 20
@@ -87,11 +87,7 @@ def functions_app(db: Database, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any
         handlers.state.cache_clear()
         mounts[target] = create_app(target)
     yield _Functions(mounts)
-    if handlers.state.cache_info().currsize:
-        sink = handlers.state()._sink
-        if sink is not None:
-            sink.close()
-    handlers.state.cache_clear()
+    forget_function_state()
 
 
 def _owned_by_known_users(body: Any) -> None:

@@ -17,7 +17,7 @@ from flask.testing import FlaskClient
 from functions import handlers
 from localdb.cluster import free_port
 from tests.conftest import Database
-from tests.flask_app import create_app, json_body
+from tests.flask_app import create_app, forget_function_state, json_body
 
 SECRET = "local-test-jwt-secret-with-at-least-32-characters"
 ANA = "a1a1a1a1-0000-4000-8000-000000000001"
@@ -50,11 +50,7 @@ def make_client(db: Database, monkeypatch: pytest.MonkeyPatch) -> Iterator[Clien
         return app.test_client()
 
     yield factory
-    if handlers.state.cache_info().currsize:
-        sink = handlers.state()._sink
-        if sink is not None:
-            sink.close()
-    handlers.state.cache_clear()
+    forget_function_state()
 
 
 def event(**overrides: Any) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from localdb import cluster as localcluster
 from localdb.api_roles import request_as
 from localdb.cluster import ROOT
 from tests.conftest import Database
-from tests.flask_app import create_app
+from tests.flask_app import create_app, forget_function_state
 
 MONITORING = ROOT / "monitoring"
 SCRIPT = ROOT / "scripts" / "apply-monitoring.sh"
@@ -117,11 +117,7 @@ def logged_requests(
     finally:
         package_logger.removeHandler(handler)
         package_logger.setLevel(previous_level)
-        if handlers.state.cache_info().currsize:
-            sink = handlers.state()._sink
-            if sink is not None:
-                sink.close()
-        handlers.state.cache_clear()
+        forget_function_state()
 
 
 def payload_fields(text: str) -> set[str]:

@@ -31,7 +31,7 @@ from functions.sinks import FailureRecord, WriteResult
 from localdb.cluster import free_port
 from tests import json_http
 from tests.conftest import Database
-from tests.flask_app import create_app
+from tests.flask_app import create_app, forget_function_state
 
 # --- canaries -----------------------------------------------------------------------------------
 
@@ -643,11 +643,7 @@ def base_env(db: Database, monkeypatch: pytest.MonkeyPatch) -> Iterator[Database
     monkeypatch.delenv("SUPABASE_URL", raising=False)
     handlers.state.cache_clear()
     yield db
-    if handlers.state.cache_info().currsize:
-        sink = handlers.state()._sink
-        if sink is not None:
-            sink.close()
-    handlers.state.cache_clear()
+    forget_function_state()
 
 
 def _client(target: str, monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> FlaskClient:

@@ -24,7 +24,7 @@ import pytest
 from flask.testing import FlaskClient
 
 from functions import handlers
-from tests.flask_app import create_app
+from tests.flask_app import create_app, forget_function_state
 from tests.live.api import Caller, DataApi, in_list
 from tests.live.checks import Checks
 from tests.live.conftest import LiveEnv, LiveUsers
@@ -111,11 +111,7 @@ def make_function_app(live_env: LiveEnv, monkeypatch: pytest.MonkeyPatch) -> App
 
 def release_function_state() -> None:
     """Close the sink the apps opened and forget the cached settings."""
-    if handlers.state.cache_info().currsize:
-        sink = handlers.state()._sink
-        if sink is not None:
-            sink.close()
-    handlers.state.cache_clear()
+    forget_function_state()
 
 
 @pytest.fixture
