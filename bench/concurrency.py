@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sys
 import threading
 import time
 import uuid
@@ -249,8 +250,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return figures
 
 
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    common.add_common_arguments(parser)
-    add_arguments(parser)
-    run(parser.parse_args())
+if __name__ == "__main__":  # the same as python -m bench concurrency
+    from bench.__main__ import main
+
+    sys.exit(main(["concurrency", *sys.argv[1:]]))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sys
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -248,8 +249,7 @@ def _save(
     return figures
 
 
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    common.add_common_arguments(parser)
-    add_arguments(parser)
-    run(parser.parse_args())
+if __name__ == "__main__":  # the same as python -m bench growth
+    from bench.__main__ import main
+
+    sys.exit(main(["growth", *sys.argv[1:]]))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -511,8 +512,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return figures
 
 
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    common.add_common_arguments(parser)
-    add_arguments(parser)
-    run(parser.parse_args())
+if __name__ == "__main__":  # the same as python -m bench queries
+    from bench.__main__ import main
+
+    sys.exit(main(["queries", *sys.argv[1:]]))

@@ -22,6 +22,7 @@ import argparse
 import json
 import random
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -264,8 +265,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return figures
 
 
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    common.add_common_arguments(parser)
-    add_arguments(parser)
-    run(parser.parse_args())
+if __name__ == "__main__":  # the same as python -m bench realtime
+    from bench.__main__ import main
+
+    sys.exit(main(["realtime", *sys.argv[1:]]))
