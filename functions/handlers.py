@@ -78,13 +78,22 @@ def state() -> _State:
 
 
 def prepare() -> None:
-    """Cold start: set up logging and read the configuration, failing with one clear line."""
+    """Cold start: set up logging and read the configuration, failing with one clear line;
+    batch_import also says which route validation takes (compiled or pure Python)."""
     log.setup()
     try:
         state()
     except EngagementError as exc:
         logger.critical("configuration error: %s", exc.message)
         raise
+    if os.environ.get("FUNCTION_TARGET", "batch_import") == "batch_import":
+        logger.info(
+            "event validation: %s",
+            "compiled quick route (engagement-accel)"
+            if validation.QUICK_ROUTE == "compiled"
+            else "pure-Python route (engagement-accel is not installed; valid events are "
+            "checked about half as fast)",
+        )
 
 
 def _serve(

@@ -17,7 +17,10 @@ property of the event itself (its first 64 characters, to point at typos such as
 Speed: valid events take a quick route (``_quick_normalise_all``: one loop over the batch, one
 schema call per event, no messages); any event it gives up on takes the full route, which
 checks everything apart to word each problem. tests/test_validation_fast_paths.py holds the two
-routes to the same answers. docs/performance.md (section 3) has the measurements.
+routes to the same answers. The quick route exists twice: in Python here, and compiled in
+``accelerator/`` (the optional package ``engagement-accel``), which is taken when it is
+installed (:data:`QUICK_ROUTE`); tests/test_accelerator.py holds the two to the same answers.
+docs/performance.md (section 3) has the measurements.
 """
 
 from __future__ import annotations
@@ -305,7 +308,7 @@ def _quick_normalise(
     return _quick_normalise_all([event], default_zone, received_at, future_skew)[0]
 
 
-def _quick_normalise_all(
+def _quick_normalise_all_python(
     events: Iterable[Any], default_zone: Any, received_at: datetime, future_skew: timedelta
 ) -> list[NormalisedEvent | None]:
     """Each valid event by the shortest route, or None for any event that is invalid or unusual.
@@ -1039,3 +1042,69 @@ def _literal(value: Any) -> str:
 
 def _count(number: int, singular: str, plural: str | None = None) -> str:
     return f"{number} {singular if number == 1 else (plural or singular + 's')}"
+
+
+# --- the quick route, compiled ----------------------------------------------------------------
+
+
+def _configured_accelerator() -> Any:
+    """The compiled quick route (``accelerator/``, the optional package ``engagement-accel``)
+    handed the objects it calls, or None when it is not installed (built without a C compiler,
+    or left out of requirements.txt): the pure-Python route then runs, with the same answers."""
+    try:
+        import engagement_accel  # type: ignore[import-not-found, unused-ignore]
+    except ImportError:
+        return None
+    engagement_accel.configure(
+        whole_is_valid={name: v.is_valid for name, v in _WHOLE_EVENT_VALIDATORS.items()},
+        event_is_valid=_EVENT_VALIDATOR.is_valid,
+        payload_types=dict.fromkeys(_PAYLOAD_VALIDATORS),
+        get_zone=timestamps.get_zone,
+        utc_or_none=timestamps.utc_or_none,
+        canonical_json=_canonical_json,
+        # orjson is called directly only where _canonical_json takes orjson's text.
+        orjson_dumps=_ORJSON_DUMPS if _canonical_json is _canonical_json_quickly else None,
+        orjson_option=_ORJSON_SORT_KEYS,
+        user_uuid=_user_uuid,
+        uuid_of_text=_uuid_of_text,
+        uuid_of_int=_uuid_of_int,
+        derive_id=_derive_id,
+        normalised_type=NormalisedEvent,
+        timestamp_error=TimestampError,
+        namespace_bytes=_NAMESPACE_BYTES,
+        sha1=hashlib.sha1,
+        # UUIDs are made through their slots only where _uuid_of_int makes them so.
+        uuid_slots=(
+            (uuid.UUID, uuid.UUID.__dict__["int"], uuid.UUID.__dict__["is_safe"], _SAFE_UNKNOWN)
+            if _uuid_of_int is _uuid_of_int_quickly
+            else None
+        ),
+    )
+    return engagement_accel
+
+
+_ACCELERATOR: Final = _configured_accelerator()
+
+QUICK_ROUTE: Final[Literal["compiled", "python"]] = (
+    "compiled" if _ACCELERATOR is not None else "python"
+)
+"""Which quick route this process takes for valid events: the compiled one when the optional
+``engagement-accel`` package is installed, else the pure-Python one. Both give the same
+answers (tests/test_validation_fast_paths.py, tests/test_accelerator.py); the compiled one is
+about twice as fast (docs/performance.md, section 3)."""
+
+
+def _quick_normalise_all_compiled(
+    events: Iterable[Any], default_zone: Any, received_at: datetime, future_skew: timedelta
+) -> list[NormalisedEvent | None]:
+    """:func:`_quick_normalise_all_python`, compiled (``accelerator/engagement_accel.c``)."""
+    received_utc = received_at.astimezone(UTC)
+    results: list[NormalisedEvent | None] = _ACCELERATOR.quick_normalise_all(
+        events, default_zone, received_utc, received_utc + future_skew
+    )
+    return results
+
+
+_quick_normalise_all: Final = (
+    _quick_normalise_all_compiled if _ACCELERATOR is not None else _quick_normalise_all_python
+)

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Sets up everything the project needs on a Debian or Ubuntu machine, idempotently:
-#   - Debian packages: PostgreSQL server binaries (15 preferred), pgTAP, wal2json, python3-venv;
-#   - a virtual environment in .venv with requirements-test.txt (which includes requirements.txt).
+#   - Debian packages: PostgreSQL server binaries (15 preferred), pgTAP, wal2json, python3-venv,
+#     and gcc with the Python headers (python3-dev) for the compiled quick route of validation;
+#   - a virtual environment in .venv with requirements-test.txt (which includes requirements.txt,
+#     and through it the accelerator/ package, compiled on the way).
 # Safe to run any number of times: it installs only what is missing or changed.
 # Sourced by scripts/dev.sh and scripts/test.sh; can also be run on its own.
 set -euo pipefail
@@ -53,6 +55,11 @@ missing=()
 [ -f "/usr/share/postgresql/$major/extension/pgtap.control" ] || missing+=("postgresql-$major-pgtap")
 [ -f "/usr/lib/postgresql/$major/lib/wal2json.so" ] || missing+=("postgresql-$major-wal2json")
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=("python3-venv")
+# accelerator/ is C: without a compiler and Python.h it would install without its extension.
+command -v gcc >/dev/null 2>&1 || missing+=("gcc")
+python3 -c 'import os, sys, sysconfig
+sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' ||
+  missing+=("python3-dev")
 if [ "${#missing[@]}" -gt 0 ]; then
   apt_install "${missing[@]}"
 fi
@@ -68,7 +75,8 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 stamp=.venv/.requirements.sha256
-want=$(cat requirements.txt requirements-test.txt | sha256sum | cut -d' ' -f1)
+want=$(cat requirements.txt requirements-test.txt accelerator/pyproject.toml accelerator/setup.py \
+  accelerator/*.c | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   say "installing Python packages into .venv"
   .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
