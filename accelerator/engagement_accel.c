@@ -15,7 +15,6 @@
  * type is checked.
  */
 
-#define _GNU_SOURCE /* memmem */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <datetime.h>
@@ -421,7 +420,13 @@ static void write_instant(PyObject *moment, char *out)
 
 static int contains(const char *text, Py_ssize_t size, const char *part)
 {
-    return memmem(text, (size_t)size, part, strlen(part)) != NULL;
+    Py_ssize_t length = (Py_ssize_t)strlen(part);
+    for (Py_ssize_t at = 0; at + length <= size; at++) {
+        if (text[at] == part[0] && memcmp(text + at, part, (size_t)length) == 0) {
+            return 1;
+        }
+    }
+    return 0;
 }
 
 /* validation._MAY_DIFFER: whether the compact JSON text has, after ":", "," or "[", a null,

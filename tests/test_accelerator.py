@@ -11,10 +11,12 @@ and that its memory does not grow from batch to batch.
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import tracemalloc
 import uuid
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,6 +33,8 @@ from tests.test_validation_fast_paths import (
     _timestamp_texts,
     canonical_values,
 )
+
+ROOT = Path(__file__).resolve().parents[1]
 
 python_route = validation._quick_normalise_all_python
 compiled_route = validation._quick_normalise_all_compiled
@@ -318,3 +322,51 @@ def test_batch_import_says_at_cold_start_which_route_validation_takes(
     assert [(line["severity"], line["logger"], line["message"]) for line in said] == [
         ("INFO", "functions.handlers", "event validation: compiled quick route (engagement-accel)")
     ]
+
+
+def test_without_the_compiled_route_validation_takes_the_python_route() -> None:
+    """Where the build had no compiler the package installs without its extension: importing
+    it fails, and validation (and batch_import's cold-start line) fall back to Python."""
+    script = """
+import json, sys
+sys.modules["engagement_accel"] = None  # as if the extension had not been built
+import os
+os.environ.update(FUNCTION_TARGET="batch_import", SUPABASE_JWT_SECRET="x" * 40,
+                  DATABASE_URL="postgresql://nobody@127.0.0.1:9/none")
+from datetime import UTC, datetime
+from functions import handlers, validation
+handlers.prepare()
+event = {"user_id": "7d9f4c1e-2b3a-4c5d-8e6f-0a1b2c3d4e5f", "event_type": "mood_logged",
+         "timestamp": "2024-06-01T12:00:00+02:00"}
+outcome = validation.normalise_all([event], default_timezone=None, received_at=datetime.now(UTC))
+print(json.dumps({"route": validation.QUICK_ROUTE, "id": str(outcome[0].id),
+                  "taken": validation._quick_normalise_all.__name__}))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert {
+        "route": "python",
+        "id": _derived_here(),
+        "taken": "_quick_normalise_all_python",
+    } in lines
+    said = [line["message"] for line in lines if line.get("logger") == "functions.handlers"]
+    assert said == [
+        "event validation: pure-Python route (engagement-accel is not installed; valid events "
+        "are checked about half as fast)"
+    ]
+
+
+def _derived_here() -> str:
+    """The id the compiled route derives for the event of the test above."""
+    event = _event("2024-06-01T12:00:00+02:00", None)
+    del event["value"]
+    (answer,) = compiled_route([event], None, RECEIVED, SKEW)
+    assert answer is not None
+    return str(answer.id)

@@ -114,10 +114,15 @@ def test_orjson_writes_the_canonical_json_of_ordinary_payloads() -> None:
         {"x": -float("inf")},
     ],
 )
-def test_non_finite_numbers_are_refused_by_both_encoders(value: dict[str, Any]) -> None:
-    # orjson would write null for them: the quick encoder must not let that through.
+def test_non_finite_numbers_are_refused_by_the_encoder_in_use(value: dict[str, Any]) -> None:
+    # orjson would write null for them: the quick encoder must not let that through, and the
+    # json module, which it falls back to, refuses them. (The compiled route's handling is
+    # tested in tests/test_accelerator.py.)
+    assert validation._canonical_json is validation._canonical_json_quickly
     with pytest.raises(ValueError, match="NaN or Infinity"):
         validation._canonical_value(value)
+    with pytest.raises(ValueError, match="Out of range float values are not JSON compliant"):
+        validation._canonical_json_plainly(value)
 
 
 def _sample_events() -> list[dict[str, Any]]:
