@@ -22,7 +22,8 @@
 
 /* --- what configure() hands over ------------------------------------------------------------ */
 
-/* Owned references, set once by configure(); NULL until then. */
+/* Owned references, set by configure() once, at import of functions.validation; NULL until
+ * then. Only configure() writes them, so the loop may borrow from them. */
 static PyObject *whole_is_valid;      /* dict: event_type -> is_valid of the event+payload schema */
 static PyObject *event_is_valid;      /* is_valid of the event schema alone */
 static PyObject *payload_types;       /* dict whose keys are the known event types */
@@ -51,6 +52,11 @@ static PyObject *zone_tables; /* dict: zone -> its transition table (bytes), or 
 static PyObject *configure(PyObject *module, PyObject *args, PyObject *kwargs)
 {
     (void)module;
+    if (normalised_type != NULL) {
+        /* Replacing what a running loop holds borrowed references into is not safe. */
+        PyErr_SetString(PyExc_RuntimeError, "engagement_accel is configured once, at import");
+        return NULL;
+    }
     static char *names[] = {"whole_is_valid", "event_is_valid", "payload_types", "get_zone",
                             "utc_or_none", "canonical_json", "orjson_dumps", "orjson_option",
                             "user_uuid", "uuid_of_text", "uuid_of_int", "derive_id",
@@ -90,10 +96,8 @@ static PyObject *configure(PyObject *module, PyObject *args, PyObject *kwargs)
                                &normalised_type, &timestamp_error, &namespace_bytes,
                                &sha1,           &uuid_slots};
     for (int i = 0; i < COUNT; i++) {
-        Py_INCREF(given[i]);
-        Py_XSETREF(*slots[i], given[i]);
+        *slots[i] = Py_NewRef(given[i]);
     }
-    PyDict_Clear(zone_tables);
     Py_RETURN_NONE;
 }
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import tracemalloc
 import uuid
 from datetime import datetime, timedelta
@@ -370,3 +371,51 @@ def _derived_here() -> str:
     (answer,) = compiled_route([event], None, RECEIVED, SKEW)
     assert answer is not None
     return str(answer.id)
+
+
+def test_the_compiled_route_from_many_threads_at_once() -> None:
+    """gunicorn may serve requests on several threads: the compiled loop gives each batch its
+    own answers while other threads run it (and fill its per-zone tables) at the same time."""
+    zones = ["Europe/Lisbon", "America/Halifax", "Asia/Tehran", "Pacific/Auckland"]
+    batches = [
+        [
+            # Every third timestamp has a space for its T: utc_or_none, Python code, takes it,
+            # and there the interpreter may switch threads.
+            _event(
+                f"2024-0{1 + (n + k) % 9}-1{k % 10}{' T'[k % 3 > 0]}1{n % 10}:30:00",
+                zones[(n + k) % 4],
+            )
+            | ({"event_id": str(uuid.UUID(int=n * 1000 + k))} if k % 2 else {})
+            for k in range(400)
+        ]
+        for n in range(8)
+    ]
+    expected = [python_route(batch, None, RECEIVED, SKEW) for batch in batches]
+    answers: dict[int, list[Any]] = {}
+
+    def work(n: int) -> None:
+        for _ in range(5):
+            answers[n] = compiled_route(batches[n], None, RECEIVED, SKEW)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(len(batches))]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter can
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert sorted(answers) == list(range(len(batches)))
+    for n, want in enumerate(expected):
+        assert answers[n] == want
+        assert sum(answer is not None for answer in answers[n]) > 300
+
+
+def test_the_compiled_route_is_configured_once() -> None:
+    """Its configuration is set at import and never replaced: a running loop borrows from it."""
+    accelerator = validation._ACCELERATOR
+    assert accelerator is not None
+    with pytest.raises(RuntimeError, match="configured once"):
+        accelerator.configure()
