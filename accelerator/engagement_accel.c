@@ -15,6 +15,10 @@
  * type is checked.
  */
 
+#ifndef SOURCE_SHA256 /* set by setup.py: the SHA-256 of this file */
+#define SOURCE_SHA256 "unknown"
+#endif
+
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <datetime.h>
@@ -928,5 +932,9 @@ PyMODINIT_FUNC PyInit_engagement_accel(void)
     }
     earliest_micros = micros_of(1, 1, 1, 0, 0, 0, 0);
     latest_micros = micros_of(9999, 12, 31, 23, 59, 59, 999999);
-    return PyModule_Create(&module_definition);
+    PyObject *module = PyModule_Create(&module_definition);
+    if (module != NULL && PyModule_AddStringConstant(module, "source_sha256", SOURCE_SHA256) < 0) {
+        Py_CLEAR(module);
+    }
+    return module;
 }

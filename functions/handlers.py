@@ -91,7 +91,7 @@ def prepare() -> None:
             "event validation: %s",
             "compiled quick route (engagement-accel)"
             if validation.QUICK_ROUTE == "compiled"
-            else "pure-Python route (engagement-accel is not installed; valid events are "
+            else f"pure-Python route ({validation.QUICK_ROUTE_WHY_NOT}; valid events are "
             "checked about half as fast)",
         )
 

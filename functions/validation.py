@@ -1047,14 +1047,31 @@ def _count(number: int, singular: str, plural: str | None = None) -> str:
 # --- the quick route, compiled ----------------------------------------------------------------
 
 
-def _configured_accelerator() -> Any:
+ACCELERATOR_SOURCE: Final = SCHEMA_DIR.parent / "accelerator" / "engagement_accel.c"
+"""The C source of the compiled quick route; the module is used only when built from it."""
+
+
+def _configured_accelerator() -> tuple[Any, str]:
     """The compiled quick route (``accelerator/``, the optional package ``engagement-accel``)
-    handed the objects it calls, or None when it is not installed (built without a C compiler,
-    or left out of requirements.txt): the pure-Python route then runs, with the same answers."""
+    handed the objects it calls, and ``""``; or None and why not: the package is not installed
+    (built without a C compiler, or left out of requirements.txt), or it was built from another
+    version of its source (a build cache, say) and may not give this code's answers. Without it
+    the pure-Python route runs, with the same answers."""
     try:
         import engagement_accel  # type: ignore[import-not-found, unused-ignore]
     except ImportError:
-        return None
+        return None, "engagement-accel is not installed"
+    try:
+        source_sha256 = hashlib.sha256(ACCELERATOR_SOURCE.read_bytes()).hexdigest()
+    except OSError:
+        return (
+            None,
+            "accelerator/engagement_accel.c is missing, so engagement-accel cannot be checked",
+        )
+    if getattr(engagement_accel, "source_sha256", None) != source_sha256:
+        return None, (
+            "engagement-accel was built from another version of accelerator/engagement_accel.c"
+        )
     engagement_accel.configure(
         whole_is_valid={name: v.is_valid for name, v in _WHOLE_EVENT_VALIDATORS.items()},
         event_is_valid=_EVENT_VALIDATOR.is_valid,
@@ -1080,18 +1097,20 @@ def _configured_accelerator() -> Any:
             else None
         ),
     )
-    return engagement_accel
+    return engagement_accel, ""
 
 
-_ACCELERATOR: Final = _configured_accelerator()
+_ACCELERATOR, QUICK_ROUTE_WHY_NOT = _configured_accelerator()
+"""The configured compiled quick route, or None; and why not (``""`` when it is there)."""
 
 QUICK_ROUTE: Final[Literal["compiled", "python"]] = (
     "compiled" if _ACCELERATOR is not None else "python"
 )
 """Which quick route this process takes for valid events: the compiled one when the optional
-``engagement-accel`` package is installed, else the pure-Python one. Both give the same
-answers (tests/test_validation_fast_paths.py, tests/test_accelerator.py); the compiled one is
-about twice as fast (docs/performance.md, section 3)."""
+``engagement-accel`` package is installed (and built from ``accelerator/engagement_accel.c`` as
+it is here), else the pure-Python one. Both give the same answers
+(tests/test_validation_fast_paths.py, tests/test_accelerator.py); the compiled one is about
+twice as fast (docs/performance.md, section 3)."""
 
 
 def _quick_normalise_all_compiled(

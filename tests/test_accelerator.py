@@ -10,6 +10,7 @@ and that its memory does not grow from batch to batch.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -419,3 +420,43 @@ def test_the_compiled_route_is_configured_once() -> None:
     assert accelerator is not None
     with pytest.raises(RuntimeError, match="configured once"):
         accelerator.configure()
+
+
+def test_requirements_name_the_c_source_they_build() -> None:
+    """Cloud Functions caches installed dependencies by the content of requirements.txt: the
+    line that builds accelerator/ carries the C source's hash, so a change to the source
+    changes requirements.txt and the build compiles it again."""
+    source = hashlib.sha256(validation.ACCELERATOR_SOURCE.read_bytes()).hexdigest()
+    lines = (ROOT / "requirements.txt").read_text().splitlines()
+    (line,) = [line for line in lines if line.startswith("./accelerator")]
+    assert line.endswith(f"# engagement_accel.c sha256 {source[:16]}"), (
+        f"requirements.txt must say '# engagement_accel.c sha256 {source[:16]}' after ./accelerator"
+    )
+
+
+def test_a_build_from_another_source_is_not_used() -> None:
+    """A module built from another version of the C source (left in a dependency cache, say)
+    may not give this code's answers: validation takes the pure-Python route and says why."""
+    script = """
+import json, sys, types
+stale = types.ModuleType("engagement_accel")
+stale.source_sha256 = "0" * 64
+def refuse(*args, **kwargs):
+    raise AssertionError("a stale build must not be configured")
+stale.configure = refuse
+sys.modules["engagement_accel"] = stale
+from functions import validation
+print(json.dumps({"route": validation.QUICK_ROUTE, "why": validation.QUICK_ROUTE_WHY_NOT}))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert json.loads(done.stdout) == {
+        "route": "python",
+        "why": "engagement-accel was built from another version of accelerator/engagement_accel.c",
+    }
