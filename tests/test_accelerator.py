@@ -344,15 +344,7 @@ outcome = validation.normalise_all([event], default_timezone=None, received_at=d
 print(json.dumps({"route": validation.QUICK_ROUTE, "id": str(outcome[0].id),
                   "taken": validation._quick_normalise_all.__name__}))
 """
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    lines = [json.loads(line) for line in _python_says(script) if line.startswith("{")]
     assert {
         "route": "python",
         "id": _derived_here(),
@@ -448,6 +440,16 @@ sys.modules["engagement_accel"] = stale
 from functions import validation
 print(json.dumps({"route": validation.QUICK_ROUTE, "why": validation.QUICK_ROUTE_WHY_NOT}))
 """
+    assert [json.loads(line) for line in _python_says(script)] == [
+        {
+            "route": "python",
+            "why": "engagement-accel was built from another version of accelerator/engagement_accel.c",
+        }
+    ]
+
+
+def _python_says(script: str) -> list[str]:
+    """The lines a fresh interpreter prints running ``script`` in the project's root."""
     done = subprocess.run(
         [sys.executable, "-c", script],
         cwd=ROOT,
@@ -456,7 +458,4 @@ print(json.dumps({"route": validation.QUICK_ROUTE, "why": validation.QUICK_ROUTE
         timeout=120,
         check=True,
     )
-    assert json.loads(done.stdout) == {
-        "route": "python",
-        "why": "engagement-accel was built from another version of accelerator/engagement_accel.c",
-    }
+    return done.stdout.splitlines()
