@@ -114,7 +114,7 @@ def test_orjson_writes_the_canonical_json_of_ordinary_payloads() -> None:
         {"x": -float("inf")},
     ],
 )
-def test_non_finite_numbers_are_refused_by_the_encoder_in_use(value: dict[str, Any]) -> None:
+def test_non_finite_numbers_are_refused_by_both_encoders(value: dict[str, Any]) -> None:
     # orjson would write null for them: the quick encoder must not let that through, and the
     # json module, which it falls back to, refuses them. (The compiled route's handling is
     # tested in tests/test_accelerator.py.)
