@@ -16,7 +16,7 @@ import json
 import random
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -343,6 +343,18 @@ def explain(conn: psycopg.Connection[Any], query: Query, rng: random.Random, use
     return "\n".join(str(row[0]) for row in rows)
 
 
+def _draws(
+    query: Query, rng: random.Random, users: int, runs: int, budget_s: float
+) -> Iterator[tuple[str | None, dict[str, Any]]]:
+    """`runs` random draws of the query's parameters (the user and the query's values), or as
+    many as fit in `budget_s` seconds: a slow query gets fewer runs, never fewer than 20."""
+    stop_at = time.monotonic() + budget_s
+    for done in range(runs):
+        if done >= 20 and time.monotonic() > stop_at:
+            return
+        yield query.params(rng, users)
+
+
 def measure(
     conn: psycopg.Connection[Any],
     query: Query,
@@ -356,11 +368,7 @@ def measure(
     claims as PostgREST does."""
     latencies: list[float] = []
     rows = 0
-    stop_at = time.monotonic() + budget_s
-    for done in range(runs):
-        if done >= 20 and time.monotonic() > stop_at:
-            break  # a slow query gets fewer runs, never fewer than 20
-        sub, params = query.params(rng, users)
+    for sub, params in _draws(query, rng, users, runs, budget_s):
         with request_as(conn, query.role, sub):
             started = time.perf_counter()
             result = conn.execute(query.text, params).fetchall()
@@ -387,11 +395,7 @@ def measure_server(
     """Server-side time of `runs` draws (planning + execution, from EXPLAIN ANALYZE without
     per-node timing): what the database spends, apart from the round trip and the client."""
     times: list[float] = []
-    stop_at = time.monotonic() + budget_s
-    for done in range(runs):
-        if done >= 20 and time.monotonic() > stop_at:
-            break
-        sub, params = query.params(rng, users)
+    for sub, params in _draws(query, rng, users, runs, budget_s):
         with request_as(conn, query.role, sub):
             row = conn.execute(
                 "explain (analyze, timing off, summary, format json) " + query.text, params
