@@ -55,6 +55,19 @@ def test_ingest_reports_function_and_copy_rates_and_breakdown(tmp_path: Path) ->
     assert "where one 500-event request's time goes" in out
 
 
+def test_small_reports_both_sides_and_stores_every_event(tmp_path: Path) -> None:
+    out, figures = _bench("small", tmp_path)
+    assert set(figures["sizes"]) == {"1", "10"}
+    for entry in figures["sizes"].values():
+        for side in ("batch_import", "direct_insert"):
+            assert entry[side]["events_per_s"] > 0, side
+            assert entry[side]["p99_ms"] >= entry[side]["p50_ms"] > 0, side
+            assert entry[side]["stored_every_event"] is True, side
+            assert entry[side]["first_errors"] == [], side
+        assert entry["ratio"] > 0
+    assert "batch_import p50 / p99 ms" in out
+
+
 def test_cold_start_reports_import_breakdown_and_lazy_clients(tmp_path: Path) -> None:
     out, figures = _bench("cold_start", tmp_path)
     assert figures["import_main_ms_importtime"] > 0
