@@ -66,20 +66,22 @@ class Zone:
         index = bisect.bisect_right(self.transitions, instant)
         return self.periods[index - 1] if index else self.first
 
-    def offsets(self) -> set[int]:
+    @functools.cached_property
+    def offsets(self) -> frozenset[int]:
+        """Every UTC offset the zone ever uses."""
         found = {self.first.offset, *(period.offset for period in self.periods)}
         if self.footer is not None:
             found.add(self.footer.standard.offset)
             if self.footer.daylight is not None:
                 found.add(self.footer.daylight.offset)
-        return found
+        return frozenset(found)
 
     def readings(self, wall: int) -> list[int]:
         """Every UTC instant at which the zone's clocks show ``wall`` (seconds since the epoch
         of the naive wall time read as if it were UTC)."""
         return sorted(
             wall - offset
-            for offset in self.offsets()
+            for offset in self.offsets
             if self.period_at(wall - offset).offset == offset
         )
 
@@ -176,26 +178,26 @@ def _clock(text: str) -> int:
 
 
 def _footer_period(footer: _Footer, at: int) -> Period:
-    if footer.daylight is None or footer.start is None or footer.end is None:
+    if footer.daylight is None:
         return footer.standard
     year = _civil_year(at // 86400)
-    changes: list[tuple[int, Period]] = []
-    for y in (year - 1, year, year + 1):
-        changes.append(
-            (
-                _rule_day(footer.start, y) * 86400 + footer.start.seconds - footer.standard.offset,
-                footer.daylight,
-            )
-        )
-        changes.append(
-            (
-                _rule_day(footer.end, y) * 86400 + footer.end.seconds - footer.daylight.offset,
-                footer.standard,
-            )
-        )
-    changes.sort(key=lambda change: change[0])
-    latest = [period for moment, period in changes if moment <= at]
+    changes = [*footer_changes(footer, year - 1), *footer_changes(footer, year)]
+    changes += footer_changes(footer, year + 1)
+    latest = [period for moment, period in sorted(changes) if moment <= at]
     return latest[-1]
+
+
+@functools.lru_cache(maxsize=4096)
+def footer_changes(footer: _Footer, year: int) -> list[tuple[int, Period]]:
+    """The UTC instants at which ``footer``'s rules change the clocks in ``year``, each with
+    the period that starts there."""
+    if footer.daylight is None or footer.start is None or footer.end is None:
+        return []
+    start, end = footer.start, footer.end
+    return [
+        (_rule_day(start, year) * 86400 + start.seconds - footer.standard.offset, footer.daylight),
+        (_rule_day(end, year) * 86400 + end.seconds - footer.daylight.offset, footer.standard),
+    ]
 
 
 def _rule_day(rule: _Rule, year: int) -> int:
