@@ -89,13 +89,10 @@ def test_validation_reports_rates_ratios_and_profile(tmp_path: Path) -> None:
         "validate_mixed",
         "validate_all_local",
         "validate_all_offset",
-        "validate_mixed_python",
         "copy",
         "sink_write",
     ):
         assert rates[name] > 0, name
-    assert figures["quick_route"] == "compiled"  # the route batch_import takes here
-    assert figures["ratio_route_taken_to_python_route"] > 0
     valid, rejected = figures["valid_rejected_mixed"]
     assert valid + rejected == figures["events_per_batch"]
     assert rejected > 0  # the mixed batch carries invalid events on purpose
@@ -103,7 +100,6 @@ def test_validation_reports_rates_ratios_and_profile(tmp_path: Path) -> None:
     # The profile is of the package's own validation code, whatever its functions are called.
     assert any("functions/validation.py" in row["function"] for row in figures["profile_mixed"])
     assert "ratio mixed / COPY" in out
-    assert "route taken / pure-Python route (mixed)" in out
 
 
 def test_unknown_benchmark_is_refused_with_the_list() -> None:
