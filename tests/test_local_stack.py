@@ -70,6 +70,46 @@ def test_cluster_is_ready_for_logical_decoding_and_has_extensions(db: Database) 
         ).fetchone() == ("postgres",)
 
 
+def test_replication_slots_may_decode_with_wal2json(cluster: localcluster.Cluster) -> None:
+    """Realtime's plugin is allowed on every minor release, old (no allow-list) or new."""
+    with cluster.admin() as admin:
+        known = admin.execute(
+            "select count(*) from pg_settings where name = 'output_plugin_libraries'"
+        ).fetchone()
+        if known == (1,):
+            allowed = admin.execute("show output_plugin_libraries").fetchone()
+            assert allowed is not None
+            assert {part.strip() for part in str(allowed[0]).split(",")} == {
+                "pgoutput",
+                "test_decoding",
+                "wal2json",
+            }
+        admin.execute("select pg_create_logical_replication_slot('wal2json_allowed', 'wal2json')")
+        admin.execute("select pg_drop_replication_slot('wal2json_allowed')")
+
+
+def test_settings_of_newer_minor_releases_are_given_only_to_servers_that_know_them(
+    tmp_path: Path,
+) -> None:
+    """A server older than 15.19 refuses to start with output_plugin_libraries set."""
+    real = localcluster.find_bindir()
+    older = tmp_path / "older"
+    older.mkdir()
+    described = subprocess.run(
+        [str(real / "postgres"), "--describe-config"], capture_output=True, text=True, check=True
+    ).stdout
+    without = "".join(
+        line
+        for line in described.splitlines(keepends=True)
+        if not line.startswith("output_plugin_libraries\t")
+    )
+    (older / "described.txt").write_text(without)
+    fake = older / "postgres"
+    fake.write_text(f'#!/bin/sh\nexec cat "{older / "described.txt"}"\n')
+    fake.chmod(0o755)
+    assert localcluster.version_settings(older) == []
+
+
 @pytest.mark.parametrize(
     ("claims_setting", "expected_uid"),
     [
