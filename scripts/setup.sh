@@ -147,8 +147,12 @@ if [ "${#missing[@]}" -gt 0 ]; then
     if [ -d /run/systemd/system ]; then
       quietly as_root systemctl disable --now postgresql.service
     else
-      if command -v deb-systemd-helper >/dev/null 2>&1; then
-        quietly as_root deb-systemd-helper disable postgresql.service
+      # No systemd running (a container or a chroot): the boot links go, so that nothing
+      # starts it at a later boot either; package upgrades keep a unit its admin disabled.
+      if command -v systemctl >/dev/null 2>&1; then
+        quietly as_root systemctl disable postgresql.service
+      else
+        as_root rm -f /etc/systemd/system/multi-user.target.wants/postgresql.service
       fi
       if [ -x /etc/init.d/postgresql ] && command -v update-rc.d >/dev/null 2>&1; then
         quietly as_root update-rc.d postgresql disable
