@@ -18,7 +18,7 @@ usage() {
 Usage: ./deploy.sh [options]
 
 Deploys batch_import, convert_timestamps and verify_service_jwt as 2nd-gen HTTP Cloud Functions
-(Python 3.12) and creates or updates the Cloud Scheduler job that posts a steps_import batch to
+(Python 3.13) and creates or updates the Cloud Scheduler job that posts a steps_import batch to
 batch_import. Everything it needs is checked before anything is changed.
 
 Options (each also settable by the variable in brackets):
@@ -130,7 +130,7 @@ POOLER_MAX_CLIENTS=${POOLER_MAX_CLIENTS:-200}
 
 # Connections one instance's direct sink opens at most (PostgresSink's max_connections).
 readonly SINK_CONNECTIONS_PER_INSTANCE=4
-readonly RUNTIME=python312
+readonly RUNTIME=python313
 readonly FUNCTIONS=(batch_import convert_timestamps verify_service_jwt)
 
 DRY_RUN=0

@@ -11,6 +11,7 @@ the status below; this table is the only place an exception becomes a status cod
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
@@ -94,6 +95,33 @@ def read_json(request: flask.Request, *, max_body_bytes: int) -> Any:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise MalformedRequest(f"the body is not valid UTF-8 (byte {exc.start})") from None
+    return decode_json(text)
+
+
+MAX_JSON_DEPTH = 64
+"""The deepest nesting a JSON body may have: the outermost object or array is level 1.
+
+The project's own limit, the same on every Python version: the json module's is the
+interpreter's recursion limit, about 1,000 levels on 3.11 and far more on 3.13. An event's
+value is at level 3 of a bare array of events and at level 4 of an envelope, so a value may
+nest 61 levels of its own (62 in a bare array)."""
+
+_TOO_DEEP = f"the body is nested more than {MAX_JSON_DEPTH} levels deep"
+
+_STRING = re.compile(rb'"[^"]*"')
+_RUN = re.compile(rb"\[+|\]+")
+_NOT_STRUCTURE = bytes(sorted(set(range(256)) - set(b'[]{}"')))
+_OPENERS_TO_SQUARE = bytes.maketrans(b"{}", b"[]")
+
+
+def decode_json(text: str) -> Any:
+    """`text` as JSON, or MalformedRequest (400) with a sentence that says what is wrong.
+
+    Refused: nesting deeper than MAX_JSON_DEPTH, NaN and Infinity, numbers beyond a double or
+    with more than 4300 digits, and an object that repeats a key.
+    """
+    if _nested_deeper_than(text, MAX_JSON_DEPTH):
+        raise MalformedRequest(_TOO_DEEP)
     try:
         return json.loads(
             text,
@@ -109,7 +137,45 @@ def read_json(request: flask.Request, *, max_body_bytes: int) -> Any:
         # Python refuses integers of more than 4300 digits (sys.int_info.str_digits_check_threshold)
         raise MalformedRequest("a number in the body has too many digits") from None
     except RecursionError:
-        raise MalformedRequest("the body is nested too deeply") from None
+        # Not reached by text the depth check passed; kept so that no interpreter limit can
+        # ever answer differently from the project's own.
+        raise MalformedRequest(_TOO_DEEP) from None
+
+
+def _nested_deeper_than(text: str, limit: int) -> bool:
+    """Whether the objects and arrays of `text` nest deeper than `limit`, without parsing it.
+
+    Iterative, on bytes, at the speed of the bytes methods: escaped backslashes and quotes go
+    first (so that a quote left is a string's edge), then everything but brackets and quotes,
+    then the strings; what is left is the structure as `[` and `]`. For text that is not JSON
+    the answer is an upper bound, and such text is refused either way.
+    """
+    data = text.encode("utf-8", "surrogatepass")
+    if b"\\" in data:
+        data = data.replace(b"\\\\", b"").replace(b'\\"', b"")
+    structure = data.translate(_OPENERS_TO_SQUARE, _NOT_STRUCTURE).replace(b'""', b"")
+    if b'"' in structure:
+        structure = _STRING.sub(b"", structure).replace(b'"', b"")
+    # Each pass drops the innermost pairs: one level of every branch. Passes are cheap while
+    # they shorten the structure a lot (real batches); what deep or tall branches leave is
+    # measured run by run below.
+    levels = 0
+    while structure and levels <= limit:
+        shorter = structure.replace(b"[]", b"")
+        removed = len(structure) - len(shorter)
+        if removed == 0:
+            break
+        structure, levels = shorter, levels + 1
+        if removed * 16 < len(structure) + removed:
+            break
+    if not structure:
+        return levels > limit
+    # What is left, run by run: runs of `[` and of `]` alternate, and the depth after a run
+    # is the running sum of their lengths, `[` counted up and `]` down.
+    runs = [len(run) for run in _RUN.findall(structure)]
+    down = slice(1, None, 2) if structure.startswith(b"[") else slice(0, None, 2)
+    runs[down] = [-length for length in runs[down]]
+    return levels + max(itertools.accumulate(runs)) > limit
 
 
 def compressed_ceiling(max_body_bytes: int) -> int:

@@ -7,9 +7,11 @@ made for this run, so the printed token works only here.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -35,13 +37,26 @@ class FunctionServer:
         return f"http://127.0.0.1:{self.port}/"
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        """Stop the server and its workers: SIGTERM to its process group, SIGKILL after 10 s.
+
+        The group, not the one process: gunicorn's master killed while it waits for a worker
+        leaves that worker running, orphaned. The master is reaped last, so that its group id
+        cannot have been reused when the group is killed.
+        """
+        if self.process.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            exited = os.waitid(os.P_PID, self.process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            if exited is not None:
+                break
+            time.sleep(0.05)
+        # Whatever is left of the group (a worker that outlived its master) goes too.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
 
 
 def mint_service_token(secret: str, ttl_seconds: int = 24 * 3600) -> str:
@@ -81,6 +96,9 @@ def start(
         ],
         cwd=ROOT,
         env=env,
+        # Its own process group: Ctrl-C (SIGINT to the terminal's group) reaches only
+        # `python -m localdb`, which stops the servers in order (stop()).
+        start_new_session=True,
         stdout=subprocess.DEVNULL if quiet else None,
         stderr=subprocess.DEVNULL if quiet else None,
     )

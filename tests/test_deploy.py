@@ -291,7 +291,7 @@ def test_first_run_deploys_each_function_with_explicit_settings(project: FakePro
         "gen2": "",
         "project": PROJECT,
         "region": REGION,
-        "runtime": "python312",
+        "runtime": "python313",
         "source": ".",
         "trigger-http": "",
         "allow-unauthenticated": "",

@@ -77,27 +77,53 @@ def test_json_nested_100k_levels_is_400(make_client: ClientFactory) -> None:
     for body in (b"[" * 100_000 + b"]" * 100_000, b'{"a":' * 100_000 + b"1" + b"}" * 100_000):
         answer = post(client, body)
         assert answer.status == 400
-        assert answer.json["message"] == "the body is nested too deeply"
+        assert answer.json["error"] == "malformed_request"
+        assert answer.json["message"] == "the body is nested more than 64 levels deep"
 
 
-@pytest.mark.parametrize("depth", [100, 900, 5_000])
-def test_a_deeply_nested_value_is_stored_or_refused_never_a_5xx(
+def nested_body(depth: int, *, brackets_in_strings: bool = False) -> str:
+    """A one-event batch whose nesting is `depth` levels in all: the array of events is
+    level 1, the event 2, its value 3, and arrays inside the value the rest."""
+    inner = depth - 3
+    leaf = '"]]}}[[{{\\"\\\\"' if brackets_in_strings else ""
+    value = '{"a":' + "[" * inner + leaf + "]" * inner + "}"
+    return "[" + with_field("value", value) + "]"
+
+
+@pytest.mark.parametrize("depth", [4, 64, 65, 5_000])
+def test_a_body_nested_more_than_64_levels_is_refused_on_every_python(
     db: Database, make_client: ClientFactory, depth: int
 ) -> None:
+    """The project's own limit: 64 levels (the outermost array is level 1) pass, 65 do not,
+    whatever the interpreter's own recursion limit would allow."""
     client = make_client("batch_import")
-    value = '{"a":' + "[" * depth + "]" * depth + "}"
-    answer = post(client, "[" + with_field("value", value) + "]")
-    if answer.status == 200:
+    answer = post(client, nested_body(depth))
+    if depth <= 64:
+        assert answer.status == 200, answer.json
         assert answer.json["inserted"] == 1
         nested = values_stored(db)[0]["a"]
         levels = 0
         while nested:
             nested, levels = nested[0], levels + 1
-        assert levels == depth - 1
+        assert levels == depth - 4  # the innermost array is empty
     else:
         assert answer.status == 400
+        assert answer.json == {
+            "error": "malformed_request",
+            "message": "the body is nested more than 64 levels deep",
+            "request_id": answer.json["request_id"],
+        }
         assert values_stored(db) == []
-    assert (answer.status == 200) == (depth <= 900)
+
+
+def test_brackets_and_escaped_quotes_inside_strings_are_not_nesting(
+    db: Database, make_client: ClientFactory
+) -> None:
+    client = make_client("batch_import")
+    answer = post(client, nested_body(64, brackets_in_strings=True))
+    assert answer.status == 200, answer.json
+    assert answer.json["inserted"] == 1
+    assert post(client, nested_body(65, brackets_in_strings=True)).status == 400
 
 
 def test_duplicate_keys_anywhere_are_400(make_client: ClientFactory) -> None:

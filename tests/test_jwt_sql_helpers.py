@@ -20,6 +20,7 @@ import pytest
 
 from functions.errors import AuthError, NotServiceRole
 from functions.service_auth import ServiceAuthenticator
+from localdb import cluster as localcluster
 from localdb.api_roles import request_as
 from tests.conftest import Database
 
@@ -324,6 +325,8 @@ def test_service_role_can_neither_read_nor_set_the_secret(jwt_db: Database, call
 
 
 def test_pgjwt_availability_is_recorded_as_the_catalog_reports_it(db: Database) -> None:
+    """Whether or not this host's PostgreSQL has pgjwt (Debian's packages do not; Supabase's
+    PostgreSQL 15 images do, its PostgreSQL 17 images do not), the record says what it had."""
     with db.connect() as conn:
         recorded = conn.execute(
             "select available, installed from private.extension_availability "
@@ -333,9 +336,37 @@ def test_pgjwt_availability_is_recorded_as_the_catalog_reports_it(db: Database) 
             "select exists (select 1 from pg_available_extensions where name = 'pgjwt'), "
             "exists (select 1 from pg_extension where extname = 'pgjwt')"
         ).fetchone()
-    # The local stack has no pgjwt, as Supabase's PostgreSQL 17 will not.
-    assert catalog == (False, False)
     assert recorded == catalog
+
+
+# pgjwt's functions, each replaced by one that fails loudly if anything calls it.
+PGJWT_FUNCTIONS = [
+    "url_encode(data bytea) returns text",
+    "url_decode(data text) returns bytea",
+    "algorithm_sign(signables text, secret text, algorithm text) returns text",
+    "sign(payload json, secret text, algorithm text default 'HS256') returns text",
+    "verify(token text, secret text, algorithm text default 'HS256')"
+    " returns table(header json, payload json, valid boolean)",
+]
+
+
+def test_the_helpers_never_call_pgjwt(jwt_db: Database) -> None:
+    """The helpers are the project's own SQL, so they work where pgjwt is absent (Supabase's
+    PostgreSQL 17) as where it is present: with every pgjwt function in `extensions` a trap,
+    tokens are still signed and verified, and refused for the same reasons."""
+    with jwt_db.connect(localcluster.SUPERUSER) as admin:
+        for signature in PGJWT_FUNCTIONS:
+            admin.execute(
+                f"create function extensions.{signature} language plpgsql as $$"
+                " begin raise exception 'pgjwt was called'; end $$"
+            )
+    token: str = as_service_role(jwt_db, "select private.sign_service_jwt(60)")
+    assert python_auth().require_service_role(token).role == "service_role"
+    assert sql_verify(jwt_db, token)["role"] == "service_role"
+    assert sql_verify(jwt_db, pyjwt_token())["role"] == "service_role"
+    assert sql_refusal(jwt_db, pyjwt_token(secret=OTHER_SECRET)).diag.message_detail == (
+        "bad_signature"
+    )
 
 
 def test_migration_applies_twice_and_keeps_the_secret(jwt_db: Database) -> None:
@@ -347,4 +378,8 @@ def test_migration_applies_twice_and_keeps_the_secret(jwt_db: Database) -> None:
         rows = conn.execute(
             "select extension, installed from private.extension_availability order by 1"
         ).fetchall()
-    assert rows == [("pgcrypto", True), ("pgjwt", False)]
+        pgjwt_installed = conn.execute(
+            "select exists (select 1 from pg_extension where extname = 'pgjwt')"
+        ).fetchone()
+    assert pgjwt_installed is not None
+    assert rows == [("pgcrypto", True), ("pgjwt", pgjwt_installed[0])]

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -294,15 +295,19 @@ def test_local_run_command_serves_the_seeded_database_and_cleans_up() -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        start_new_session=True,  # a group of its own, as a terminal gives a command
     )
     assert process.stdout is not None
     seen: list[str] = []
+    ports: list[int] = []
     try:
         for line in process.stdout:
             seen.append(line)
             if "Press Ctrl-C" in line:
                 break
         text = "".join(seen)
+        ports = [int(port) for port in re.findall(r"http://127\.0\.0\.1:(\d+)/", text)]
+        assert len(set(ports)) == 3, text
         # The readiness checks of the function servers are not requests: nothing logs an
         # answer (405, 401) before anyone has called.
         assert "answered" not in text, text
@@ -345,12 +350,16 @@ def test_local_run_command_serves_the_seeded_database_and_cleans_up() -> None:
                 5002,
             )
     finally:
-        process.send_signal(signal.SIGINT)
+        os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C does: the whole group gets it
         remaining, _ = process.communicate(timeout=60)
     assert process.returncode == 0
     assert "Stopped; local database removed." in remaining
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(match[1], connect_timeout=2)
+    # Nothing is left serving, not even a worker of a function server.
+    for port in set(ports):
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
 
 
 def test_no_path_of_this_machine_is_in_the_sql() -> None:
