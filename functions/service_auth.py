@@ -555,7 +555,11 @@ def _time_claim(claims: Mapping[str, Any], name: str) -> datetime | None:
     if value is None:
         return None
     # bool is an int, and JSON allows NaN and Infinity as Python parses it: none is a date.
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    # An int is finite however large (math.isfinite would overflow converting 10**400 to a
+    # float); fromtimestamp refuses the ones out of range.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise AuthError(f"the token's '{name}' claim is not a number of seconds", code="malformed")
+    if isinstance(value, float) and not math.isfinite(value):
         raise AuthError(f"the token's '{name}' claim is not a number of seconds", code="malformed")
     try:
         return datetime.fromtimestamp(value, tz=UTC)
