@@ -357,7 +357,13 @@ def _convert_timestamps(request: flask.Request, st: _State, request_id: str) -> 
         raise MalformedRequest('the body must be an object with a "timestamps" array')
     unknown_keys = set(body) - {"timestamps", "default_timezone"}
     if unknown_keys:
-        raise MalformedRequest("unknown key in the body: " + ", ".join(sorted(unknown_keys))[:100])
+        # Counted, not named: a key is the caller's text (it may hold a lone surrogate, or
+        # health data), and neither the answer nor its log line repeats input.
+        raise MalformedRequest(
+            f"the body has {len(unknown_keys)} unknown "
+            f"{'key' if len(unknown_keys) == 1 else 'keys'}; "
+            'only "timestamps" and "default_timezone" are allowed'
+        )
     items: list[Any] = body["timestamps"]
     if not items:
         raise MalformedRequest('"timestamps" is empty')

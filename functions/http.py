@@ -192,11 +192,14 @@ def json_response(
     headers: Mapping[str, str] | None = None,
 ) -> flask.Response:
     payload = {**body, "request_id": request_id}
-    response = flask.Response(
-        json.dumps(payload, separators=(",", ":"), ensure_ascii=False),
-        status=status,
-        mimetype="application/json",
-    )
+    text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate (JSON lets "\ud800" through) has no UTF-8 form; as a JSON escape
+        # it is still valid JSON, so an answer that carries one is written in ASCII.
+        data = json.dumps(payload, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+    response = flask.Response(data, status=status, mimetype="application/json")
     response.headers[REQUEST_ID_HEADER] = request_id
     response.headers["Cache-Control"] = "no-store"
     for name, value in (headers or {}).items():

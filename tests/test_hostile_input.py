@@ -4,16 +4,21 @@ rejection, never a 5xx; what is stored is exactly what was valid."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import json
+import logging
 import os
+import traceback
 import tracemalloc
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
 
+from functions import http, log
 from functions.http import compressed_ceiling
 from tests import openapi_contract as contract
 from tests.conftest import Database
@@ -354,6 +359,65 @@ def test_convert_timestamps_survives_hostile_bodies(make_client: ClientFactory) 
         assert contract.contract_problems(answer, "/convert_timestamps", "post") == []
         if answer.status == 200:
             assert all("error" in result for result in answer.json["results"])
+
+
+@contextlib.contextmanager
+def log_lines() -> Iterator[list[str]]:
+    """Every log line written while the block runs, as Cloud Logging would receive it: the
+    package's structured lines and anything else that reaches the root logger (Flask's own
+    "Exception on /" traceback, for one)."""
+    lines: list[str] = []
+    formatter = log.CloudLoggingFormatter()
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            text = formatter.format(record)
+            if record.exc_info and record.exc_info[1] is not None:
+                text += " " + "".join(traceback.format_exception(record.exc_info[1]))
+            lines.append(text)
+
+    handler = Collect(logging.DEBUG)
+    loggers = [logging.getLogger("functions"), logging.getLogger()]
+    for logger in loggers:
+        logger.addHandler(handler)
+    try:
+        yield lines
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
+
+
+def test_a_lone_surrogate_in_a_body_key_is_a_json_400_that_never_repeats_the_key(
+    make_client: ClientFactory, capfd: pytest.CaptureFixture[str]
+) -> None:
+    client = make_client("convert_timestamps")
+    body = '{"timestamps": [{"timestamp": "2024-01-01T00:00:00Z"}], "\\ud800 KEYMARKER": 1}'
+    with log_lines() as lines:
+        response = client.post(
+            "/", data=body.encode(), content_type="application/json", headers=auth()
+        )
+    answer = contract.from_flask(response)
+    assert answer.status == 400
+    assert answer.json["error"] == "malformed_request"
+    assert contract.contract_problems(answer, "/convert_timestamps", "post") == []
+    assert "KEYMARKER" not in response.get_data(as_text=True)
+    assert any('"status": 400' in line for line in lines), lines
+    out, err = capfd.readouterr()
+    for text in [*lines, out, err]:
+        assert "KEYMARKER" not in text
+        assert "Traceback" not in text
+
+
+def test_an_answer_carrying_a_lone_surrogate_is_json_in_ascii() -> None:
+    """An answer never fails to encode: a lone surrogate, which UTF-8 cannot hold, is written
+    as its JSON escape."""
+    response = http.json_response({"message": "zone \ud800 is odd"}, 400, "request-id-1")
+    data = response.get_data()
+    assert data.isascii()
+    assert json.loads(data)["message"] == "zone \ud800 is odd"
+    plain = http.json_response({"message": "Zürich"}, 200, "request-id-2").get_data()
+    assert json.loads(plain)["message"] == "Zürich"
+    assert "Zürich".encode() in plain  # UTF-8 as before when it can be
 
 
 HOSTILE_TOKENS = [
