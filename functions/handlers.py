@@ -113,6 +113,10 @@ def _serve(
         logger.exception("unexpected failure in %s", name)
         response = http.internal_error_response(request_id)
         fields["error"] = "internal_error"
+    # Whatever the answer, the body is read to its end here, a chunk at a time, so that no
+    # early answer leaves functions-framework a whole body to buffer.
+    if not http.drain(request):
+        response = http.unbuffered(response)
     fields["status"] = response.status_code
     fields["latency_ms"] = round((time.perf_counter() - started) * 1000, 1)
     counts = getattr(response, "engagement_counts", None)

@@ -6,13 +6,19 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import http.client as http_client
 import io
 import json
 import logging
 import os
+import socket
+import subprocess
+import sys
+import time
 import traceback
 import tracemalloc
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,10 +28,11 @@ from functions import http, log
 from functions.http import compressed_ceiling
 from tests import openapi_contract as contract
 from tests.conftest import Database
-from tests.flask_app import json_body
+from tests.flask_app import MAIN, json_body
 from tests.test_http import (  # noqa: F401 - make_client is a fixture used by name
     ANA,
     BEN,
+    SECRET,
     ClientFactory,
     auth,
     event,
@@ -261,6 +268,212 @@ def test_a_refused_body_is_not_kept_in_memory(make_client: ClientFactory) -> Non
     )
     assert declared.status_code == 413
     assert "compressed body" in json_body(declared)["message"]
+
+
+class Whitespace(io.RawIOBase):
+    """A body of ``size`` bytes of JSON whitespace, made as it is read: a large upload that
+    costs the sender no memory, and that knows how far it was read."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+        self.position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        count = min(len(buffer), self.size - self.position)
+        buffer[:count] = b" " * count
+        self.position += count
+        return count
+
+
+MiB = 1024 * 1024
+EARLY_ANSWERS = [
+    pytest.param("POST", {"Content-Type": "application/json"}, 401, id="401 no credential"),
+    pytest.param(
+        "POST",
+        {"Content-Type": "application/json", "Authorization": "Bearer a.b.c"},
+        401,
+        id="401 forged token",
+    ),
+    pytest.param(
+        "POST", {"Content-Type": "application/json", **auth("authenticated")}, 403, id="403 role"
+    ),
+    pytest.param("PUT", {"Content-Type": "application/json", **auth()}, 405, id="405 method"),
+    pytest.param("POST", {"Content-Type": "text/plain", **auth()}, 415, id="415 content type"),
+    pytest.param("POST", {"Content-Type": "application/json", **auth()}, 413, id="413 size"),
+]
+
+
+def send_whitespace(
+    client: FlaskClient, method: str, headers: dict[str, str], body: Whitespace, *, declared: bool
+) -> tuple[contract.Answer, int]:
+    """Send ``body`` (with its length declared, or streamed without one); the answer and the
+    most memory the request held at once, traced."""
+    environ: dict[str, Any] = {"wsgi.input": body}
+    if declared:
+        environ["CONTENT_LENGTH"] = str(body.size)
+    else:
+        environ["wsgi.input_terminated"] = True
+    tracemalloc.start()
+    try:
+        response = client.open("/", method=method, headers=headers, environ_overrides=environ)
+        answer = contract.from_flask(response)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return answer, peak
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["Content-Length", "streamed"])
+@pytest.mark.parametrize(("method", "headers", "status"), EARLY_ANSWERS)
+def test_early_answers_read_the_body_to_its_end_without_holding_it(
+    make_client: ClientFactory, method: str, headers: dict[str, str], status: int, declared: bool
+) -> None:
+    """functions-framework reads the whole request after every answer and keeps it: a 50 MiB
+    body refused before it was read must be drained by the function, a chunk at a time."""
+    client = make_client("batch_import", MAX_BODY_BYTES=str(MiB), MAX_EVENT_BYTES="1024")
+    body = Whitespace(50 * MiB)
+    answer, peak = send_whitespace(client, method, headers, body, declared=declared)
+    assert answer.status == status, answer.body[:300]
+    assert answer.json["error"]
+    assert peak < 4 * MiB, f"{peak} bytes held for a 50 MiB body answered {status}"
+    assert body.position == body.size  # read to the end, so the connection stays usable
+
+
+def test_a_body_past_the_drain_cap_is_left_to_the_server_not_buffered(
+    make_client: ClientFactory,
+) -> None:
+    """Past the 64 MiB the function drains, the answer is sent as an iterable body, which
+    functions-framework does not follow with a read of the rest."""
+    client = make_client("batch_import")
+    body = Whitespace(80 * MiB)
+    answer, peak = send_whitespace(
+        client, "POST", {"Content-Type": "application/json"}, body, declared=False
+    )
+    assert answer.status == 401
+    assert answer.json["error"] == "missing_credentials"
+    assert contract.contract_problems(answer, "/batch_import", "post") == []
+    assert peak < 4 * MiB, f"{peak} bytes held for an 80 MiB body"
+    assert 64 * MiB <= body.position < body.size
+
+
+def test_a_rate_limited_body_costs_no_more_than_the_body_limit(
+    make_client: ClientFactory,
+) -> None:
+    """A 429 is decided after the body is read (it counts events), so what it holds is bounded
+    by MAX_BODY_BYTES: a body over it is a 413 first, drained like the other early answers."""
+    client = make_client(
+        "batch_import",
+        MAX_BODY_BYTES=str(MiB),
+        MAX_EVENT_BYTES="1024",
+        RATE_LIMIT_REQUESTS_PER_MINUTE="1",
+    )
+    one = json.dumps([GOOD]).encode()
+    first = client.post("/", data=one, content_type="application/json", headers=auth())
+    assert first.status_code == 200
+    padded = one + b" " * (MiB - len(one))
+    tracemalloc.start()
+    try:
+        response = client.post("/", data=padded, content_type="application/json", headers=auth())
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert response.status_code == 429
+    assert peak < 6 * MiB
+    over = Whitespace(50 * MiB)
+    answer, peak = send_whitespace(
+        client, "POST", {"Content-Type": "application/json", **auth()}, over, declared=False
+    )
+    assert answer.status == 413
+    assert peak < 4 * MiB
+    assert over.position == over.size
+
+
+def _peak_rss_kib(pid: int) -> int:
+    """The most memory process ``pid`` has held resident so far (Linux's VmHWM), in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmHWM for process {pid}")
+
+
+def _post_streamed(port: int, size: int, chunk: bytes) -> int:
+    """POST ``size`` bytes of whitespace to the local server, chunked, with no credential; the
+    status it answers."""
+    connection = http_client.HTTPConnection("127.0.0.1", port, timeout=120)
+    try:
+        connection.putrequest("POST", "/")
+        connection.putheader("Content-Type", "application/json")
+        connection.putheader("Transfer-Encoding", "chunked")
+        connection.endheaders()
+        sent = 0
+        while sent < size:
+            connection.send(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            sent += len(chunk)
+        connection.send(b"0\r\n\r\n")
+        response = connection.getresponse()
+        response.read()
+        return response.status
+    finally:
+        connection.close()
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="peak memory is read from /proc")
+def test_a_real_server_refuses_an_unauthenticated_50_mib_upload_without_holding_it(
+    db: Database,
+) -> None:
+    """functions-framework as Cloud Functions runs it (gunicorn, one worker): a 50 MiB body
+    without a credential is answered 401 and the worker's peak memory barely moves."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {
+        **os.environ,
+        "FUNCTION_TARGET": "batch_import",
+        "SUPABASE_JWT_SECRET": SECRET,
+        "DATABASE_URL": db.url,
+        "THREADS": "2",
+    }
+    env.pop("SUPABASE_URL", None)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "functions_framework",
+            "--target=batch_import",
+            f"--source={MAIN}",
+            "--host=127.0.0.1",
+            f"--port={port}",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                assert _post_streamed(port, 1024, b" " * 1024) == 401  # warm: imports, first use
+                break
+            except OSError:
+                assert server.poll() is None, "the server exited"
+                assert time.monotonic() < deadline, "the server did not start"
+                time.sleep(0.2)
+        children = Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()
+        assert len(children) == 1, children
+        worker = int(children[0])
+        before = _peak_rss_kib(worker)
+        assert _post_streamed(port, 50 * MiB, b" " * (64 * 1024)) == 401
+        grown = _peak_rss_kib(worker) - before
+        assert grown < 16 * 1024, f"the worker's peak grew by {grown} KiB for a 50 MiB body"
+        # The connection-level drain left the worker serving.
+        assert _post_streamed(port, 1024, b" " * 1024) == 401
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 # --- metacharacters -----------------------------------------------------------------------------
