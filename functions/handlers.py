@@ -150,7 +150,10 @@ def _is_google_id_token(authorization: str) -> bool:
         claims = json.loads(base64.urlsafe_b64decode(payload))
     except (ValueError, RecursionError):  # not base64url JSON, so not a Google token either
         return False
-    return isinstance(claims, dict) and claims.get("iss") in _GOOGLE_ISSUERS
+    # The payload is the caller's: any JSON type may stand in "iss", and only a string can be
+    # one of Google's (a list or an object would not even hash for the set lookup).
+    issuer = claims.get("iss") if isinstance(claims, dict) else None
+    return isinstance(issuer, str) and issuer in _GOOGLE_ISSUERS
 
 
 def _authenticate(request: flask.Request, st: _State) -> Credential:

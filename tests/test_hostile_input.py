@@ -4,6 +4,7 @@ rejection, never a 5xx; what is stored is exactly what was valid."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import gzip
 import http.client as http_client
@@ -631,6 +632,42 @@ def test_an_answer_carrying_a_lone_surrogate_is_json_in_ascii() -> None:
     plain = http.json_response({"message": "Zürich"}, 200, "request-id-2").get_data()
     assert json.loads(plain)["message"] == "Zürich"
     assert "Zürich".encode() in plain  # UTF-8 as before when it can be
+
+
+def _unsigned_token(claims: Any) -> str:
+    def part(value: Any) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+
+    return f"{part({'alg': 'HS256', 'typ': 'JWT'})}.{part(claims)}.c2lnbmF0dXJl"
+
+
+@pytest.mark.parametrize("target", ["batch_import", "convert_timestamps", "verify_service_jwt"])
+@pytest.mark.parametrize(
+    "iss",
+    [["x"], {"a": 1}, [], {}, 1, 1.5, True, None, "accounts.google.com", "x" * 10_000],
+    ids=lambda iss: repr(iss)[:24],
+)
+def test_any_issuer_next_to_an_apikey_is_401(
+    make_client: ClientFactory, target: str, iss: Any
+) -> None:
+    """Which header holds the credential depends on the bearer token's unverified issuer;
+    whatever JSON the issuer is, the answer is a 401 (the apikey is no key, the token is not
+    signed), never a 500."""
+    client = make_client(target, SUPABASE_SECRET_KEYS="sb_secret_" + "k" * 32)
+    headers = {
+        "Authorization": f"Bearer {_unsigned_token({'iss': iss, 'role': 'service_role'})}",
+        "apikey": "sb_secret_not-a-key-of-this-project",
+    }
+    if target == "batch_import":
+        response = client.post("/", json=[GOOD], headers=headers)
+    else:
+        response = client.get(
+            "/", query_string={"timestamp": "2025-06-01T07:30:00Z"}, headers=headers
+        )
+    assert response.status_code == 401, response.get_data()[:300]
+    # A Google issuer hands the check to the apikey; any other issuer leaves it to the token.
+    expected = "invalid_secret_key" if iss == "accounts.google.com" else "bad_signature"
+    assert json_body(response)["error"] == expected
 
 
 HOSTILE_TOKENS = [
