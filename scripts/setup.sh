@@ -75,8 +75,7 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 stamp=.venv/.requirements.sha256
-want=$(cat requirements.txt requirements-test.txt accelerator/pyproject.toml accelerator/setup.py \
-  accelerator/*.c | sha256sum | cut -d' ' -f1)
+want=$(cat requirements*.txt | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   say "installing Python packages into .venv"
   .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip

@@ -854,13 +854,8 @@ def test_gcloudignore_uploads_the_code_and_schemas_only() -> None:
         "functions/sinks/postgres.py",
         "schemas/batch.schema.json",
         "schemas/events/steps_import.schema.json",
-        "accelerator/engagement_accel.c",
-        "accelerator/setup.py",
-        "accelerator/pyproject.toml",
     ]
     left_out = [
-        "accelerator/build/lib.linux-x86_64-cpython-311/engagement_accel.cpython-311-x86_64-linux-gnu.so",
-        "accelerator/engagement_accel.egg-info/PKG-INFO",
         "tests/test_deploy.py",
         "tests/data/x.json",
         "docs/deployment.md",
@@ -889,17 +884,14 @@ def test_gcloudignore_uploads_the_code_and_schemas_only() -> None:
 
 
 def test_every_file_the_functions_read_is_uploaded() -> None:
-    """The schemas are read at runtime from schemas/ beside the package, and requirements.txt
-    names accelerator/, which the build compiles: each file must upload."""
+    """The schemas are read at runtime from schemas/ beside the package: each file must
+    upload."""
     rules = _gcloudignore_rules()
     files = [
         ROOT / "main.py",
         ROOT / "requirements.txt",
         *sorted((ROOT / "functions").rglob("*.py")),
         *sorted((ROOT / "schemas").rglob("*.json")),
-        ROOT / "accelerator" / "engagement_accel.c",
-        ROOT / "accelerator" / "setup.py",
-        ROOT / "accelerator" / "pyproject.toml",
     ]
     needed = [p.relative_to(ROOT).as_posix() for p in files if "__pycache__" not in p.parts]
     assert len(needed) > 10

@@ -25,7 +25,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from flask.testing import FlaskClient
 
-from functions import handlers, log
+from functions import handlers, log, rate_limit
 from functions.errors import ConfigError
 from functions.sinks import FailureRecord, WriteResult
 from localdb.cluster import free_port
@@ -184,7 +184,7 @@ def _rest_sink(events_answer: str) -> Callable[[World], dict[str, str]]:
 
 def _over_rate_limit(world: World) -> dict[str, str]:
     """The service token's caller has spent this minute's allowance (429 from the database)."""
-    caller = handlers.caller_name("legacy_jwt", PAYLOAD)  # SERVICE_TOKEN's sub is PAYLOAD
+    caller = rate_limit.caller_name("legacy_jwt", PAYLOAD)  # SERVICE_TOKEN's sub is PAYLOAD
     with world.db.connect() as conn:
         conn.execute(
             "insert into private.rate_limit_windows (caller, window_start, requests, events)"
