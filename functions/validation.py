@@ -106,10 +106,11 @@ def parse_envelope(body: Any) -> Envelope:
         )
     try:
         problems = _envelope_problems(body)
-    except UnicodeEncodeError:
-        # jsonschema-rs cannot read unpaired surrogates (JSON lets "\ud800" through). Inside an
-        # event they are that event's problem, reported by normalise_event; so the envelope
-        # is checked with its events blanked out, and only a surrogate outside them fails it.
+    except (UnicodeEncodeError, ValueError):
+        # jsonschema-rs cannot read unpaired surrogates (JSON lets "\ud800" through), and
+        # raises ValueError past its recursion limit (about 250 levels). Inside an event either
+        # is that event's problem, reported by normalise_event; so the envelope is checked with
+        # its events blanked out, and only what lies outside them fails it.
         try:
             problems = _envelope_problems(_without_events(body))
         except UnicodeEncodeError:
@@ -117,6 +118,8 @@ def parse_envelope(body: Any) -> Envelope:
                 "The batch envelope contains an unpaired UTF-16 surrogate (an escape in "
                 "\\ud800-\\udfff without its pair) outside its events."
             ) from None
+        except ValueError:
+            raise MalformedRequest(messages.ENVELOPE_TOO_DEEP) from None
     if problems:
         raise MalformedRequest("The batch envelope is not valid: " + "; ".join(problems) + ".")
     default_timezone: str | None = body.get("default_timezone")
@@ -278,6 +281,10 @@ def _normalise(
             # The compiled validator takes UTF-8 strings only; a lone surrogate (JSON's
             # "\ud800" escape without its pair) is not Unicode and cannot be stored either.
             return Rejection(index, None, (FieldError("", messages.SURROGATE),))
+        except ValueError:
+            # jsonschema-rs's recursion limit ("Recursion limit reached", about 250 levels):
+            # the event cannot be checked, so it is rejected alone, and kept.
+            return Rejection(index, echoed_event_id(event), (FieldError("", messages.TOO_DEEP),))
 
     moment = _resolve_timestamp(
         event, bad_fields, errors, default_timezone, received_at, future_skew

@@ -94,6 +94,75 @@ def test_json_nested_100k_levels_is_400(make_client: ClientFactory) -> None:
         assert answer.json["message"] == "the body is nested too deeply"
 
 
+JSON_DEPTH_LIMIT = 64
+"""The body nesting batch_import documents (issue 12's limit of the JSON decoder)."""
+
+
+def _nest(depth: int, inner: Any, as_object: bool) -> Any:
+    for _ in range(depth):
+        inner = {"k": inner} if as_object else [inner]
+    return inner
+
+
+APP_OPEN = event(timestamp="2025-06-01T07:30:00Z", timezone=None)
+
+# Each places a value that fails the schema so that the whole body (a bare array of two events)
+# is `depth` levels deep: the array, the event, then the field's own nesting.
+DEEP_EVENT_FIELDS = {
+    "unknown key": lambda d: {**APP_OPEN, "typo": _nest(d - 2, 1, False)},
+    "event_id": lambda d: {**APP_OPEN, "event_id": _nest(d - 2, 1, False)},
+    "timezone": lambda d: {**APP_OPEN, "timezone": _nest(d - 2, 1, True)},
+    "a known payload's field": lambda d: {
+        **APP_OPEN,
+        "value": {"platform": _nest(d - 3, 1, False)},
+    },
+}
+# An envelope `depth` levels deep: the object, then the field's nesting.
+DEEP_ENVELOPE_FIELDS = {
+    "mode": lambda d: {"events": [APP_OPEN], "mode": _nest(d - 1, 1, False)},
+    "default_timezone": lambda d: {"events": [APP_OPEN], "default_timezone": _nest(d - 1, 1, True)},
+    "an unknown key": lambda d: {"events": [APP_OPEN], "unknown": _nest(d - 1, 1, True)},
+}
+DEPTHS = [JSON_DEPTH_LIMIT, JSON_DEPTH_LIMIT + 1, 300]
+"""At the limit, just above it, and past jsonschema-rs's own recursion limit (about 255)."""
+
+
+def failures_stored(db: Database) -> int:
+    with db.connect() as conn:
+        row = conn.execute("select count(*) from private.engagement_event_failures").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+@pytest.mark.parametrize("depth", DEPTHS)
+@pytest.mark.parametrize("field", list(DEEP_EVENT_FIELDS))
+def test_a_deep_field_failing_the_schema_rejects_its_event_alone(
+    db: Database, make_client: ClientFactory, field: str, depth: int
+) -> None:
+    body = [event(timestamp="2025-06-01T08:30:00Z", timezone=None), DEEP_EVENT_FIELDS[field](depth)]
+    answer = post(make_client("batch_import"), json.dumps(body))
+    if depth > JSON_DEPTH_LIMIT and answer.status == 400:
+        # The body's depth limit refused it before any event was looked at.
+        assert answer.json["error"] == "malformed_request"
+        assert failures_stored(db) == 0
+        return
+    assert answer.status == 200, answer.json
+    assert answer.json["inserted"] == 1
+    assert [r["index"] for r in answer.json["rejected"]] == [1]
+    assert failures_stored(db) == 1  # kept for replay
+
+
+@pytest.mark.parametrize("depth", DEPTHS)
+@pytest.mark.parametrize("field", list(DEEP_ENVELOPE_FIELDS))
+def test_a_deep_envelope_field_is_400(
+    db: Database, make_client: ClientFactory, field: str, depth: int
+) -> None:
+    answer = post(make_client("batch_import"), json.dumps(DEEP_ENVELOPE_FIELDS[field](depth)))
+    assert answer.status == 400, answer.json
+    assert answer.json["error"] == "malformed_request"
+    assert failures_stored(db) == 0
+
+
 @pytest.mark.parametrize("depth", [100, 900, 5_000])
 def test_a_deeply_nested_value_is_stored_or_refused_never_a_5xx(
     db: Database, make_client: ClientFactory, depth: int
