@@ -140,13 +140,12 @@ def _batch_import(request: flask.Request, st: _State, request_id: str) -> flask.
     deadline = time.monotonic() + settings.time_budget_seconds
     caller = rate_limit.caller_of(credential, _credential_of(request))
     rate_limit.take(st.sink, settings, caller, len(envelope.events), deadline)
-    limit = settings.max_event_bytes
-    outcomes = validation.normalise_all(
+    outcomes = validation.check_events(
         envelope.events,
         default_timezone=envelope.default_timezone,
         received_at=datetime.now(UTC),
-        future_skew=timedelta(seconds=settings.future_skew_seconds),
-        max_event_bytes=None if http.body_at_most(request, limit) else limit,
+        settings=settings,
+        body_within_event_limit=http.body_at_most(request, settings.max_event_bytes),
     )
     valid: list[validation.NormalisedEvent] = []
     positions: list[int] = []  # index in the request of each valid event

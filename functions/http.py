@@ -94,6 +94,13 @@ def read_json(request: flask.Request, *, max_body_bytes: int) -> Any:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise MalformedRequest(f"the body is not valid UTF-8 (byte {exc.start})") from None
+    return decode_json(text)
+
+
+def decode_json(text: str) -> Any:
+    """``text`` as JSON, read the way request bodies are (MalformedRequest for what they may
+    not hold: NaN and Infinity, numbers beyond a double or of more than 4300 digits, repeated
+    keys, nesting Python cannot follow). Replay reads stored events with it too."""
     try:
         return json.loads(
             text,

@@ -24,6 +24,7 @@ from typing import Any, Final, Literal, NamedTuple
 
 from functions import messages, schemas, timestamps
 from functions.canonical import UnstorableValue, canonical_value, compact_json
+from functions.config import Settings
 from functions.errors import MalformedRequest, TimestampError
 from functions.ids import derive_event_id
 from functions.messages import FieldError
@@ -185,6 +186,28 @@ def normalise_all(
                     (FieldError("", messages.too_large(max_event_bytes)),),
                 )
     return outcomes
+
+
+def check_events(
+    events: Sequence[Any],
+    *,
+    default_timezone: str | None,
+    received_at: datetime,
+    settings: Settings,
+    body_within_event_limit: bool = False,
+) -> list[NormalisedEvent | Rejection]:
+    """batch_import's validation step, which replay takes too: :func:`normalise_all` with the
+    deployment's limits from ``settings`` (``FUTURE_SKEW_SECONDS``, ``MAX_EVENT_BYTES``), so
+    that what one refuses the other refuses as well. ``body_within_event_limit``: the caller
+    knows the whole body is no larger than ``MAX_EVENT_BYTES``, so no event can exceed it and
+    the sizes are not measured."""
+    return normalise_all(
+        events,
+        default_timezone=default_timezone,
+        received_at=received_at,
+        future_skew=timedelta(seconds=settings.future_skew_seconds),
+        max_event_bytes=None if body_within_event_limit else settings.max_event_bytes,
+    )
 
 
 def normalise_event(
