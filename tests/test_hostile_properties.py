@@ -31,9 +31,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from functions import handlers, log
-from tests.conftest import Database
-from tests.flask_app import create_app, forget_function_state
-from tests.test_http import ANA, BEN, SECRET, token
+from tests.conftest import ANA, BEN, SECRET, Database, create_app, forget_function_state, token
 
 MARK = "QZXMARK"
 """Planted in every generated string; a log line that holds it repeats input."""
