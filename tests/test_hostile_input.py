@@ -33,6 +33,7 @@ from tests.conftest import (
     BEN,
     MAIN,
     SECRET,
+    AppFactory,
     ClientFactory,
     Database,
     auth,
@@ -360,6 +361,13 @@ class Whitespace(io.RawIOBase):
 
 
 MiB = 1024 * 1024
+NO_DATABASE: dict[str, str | None] = {
+    "SUPABASE_JWT_SECRET": SECRET,
+    "DATABASE_URL": "postgresql://nobody@127.0.0.1:9/never-connected",
+    "SUPABASE_URL": None,
+}
+"""The configuration of a function whose answer comes before any write: the sink is built on
+first use only, so no database is started or reached."""
 EARLY_ANSWERS = [
     pytest.param("POST", {"Content-Type": "application/json"}, 401, id="401 no credential"),
     pytest.param(
@@ -400,11 +408,13 @@ def send_whitespace(
 @pytest.mark.parametrize("declared", [True, False], ids=["Content-Length", "streamed"])
 @pytest.mark.parametrize(("method", "headers", "status"), EARLY_ANSWERS)
 def test_early_answers_read_the_body_to_its_end_without_holding_it(
-    make_client: ClientFactory, method: str, headers: dict[str, str], status: int, declared: bool
+    function_app: AppFactory, method: str, headers: dict[str, str], status: int, declared: bool
 ) -> None:
     """functions-framework reads the whole request after every answer and keeps it: a 50 MiB
     body refused before it was read must be drained by the function, a chunk at a time."""
-    client = make_client("batch_import", MAX_BODY_BYTES=str(MiB), MAX_EVENT_BYTES="1024")
+    client = function_app(
+        "batch_import", **NO_DATABASE, MAX_BODY_BYTES=str(MiB), MAX_EVENT_BYTES="1024"
+    ).test_client()
     body = Whitespace(50 * MiB)
     answer, peak = send_whitespace(client, method, headers, body, declared=declared)
     assert answer.status == status, answer.body[:300]
@@ -414,11 +424,11 @@ def test_early_answers_read_the_body_to_its_end_without_holding_it(
 
 
 def test_a_body_past_the_drain_cap_is_left_to_the_server_not_buffered(
-    make_client: ClientFactory,
+    function_app: AppFactory,
 ) -> None:
     """Past the 64 MiB the function drains, the answer is sent as an iterable body, which
     functions-framework does not follow with a read of the rest."""
-    client = make_client("batch_import")
+    client = function_app("batch_import", **NO_DATABASE).test_client()
     body = Whitespace(80 * MiB)
     answer, peak = send_whitespace(
         client, "POST", {"Content-Type": "application/json"}, body, declared=False
@@ -717,12 +727,14 @@ def _unsigned_token(claims: Any) -> str:
     ids=lambda iss: repr(iss)[:24],
 )
 def test_any_issuer_next_to_an_apikey_is_401(
-    make_client: ClientFactory, target: str, iss: Any
+    function_app: AppFactory, target: str, iss: Any
 ) -> None:
     """Which header holds the credential depends on the bearer token's unverified issuer;
     whatever JSON the issuer is, the answer is a 401 (the apikey is no key, the token is not
     signed), never a 500."""
-    client = make_client(target, SUPABASE_SECRET_KEYS="sb_secret_" + "k" * 32)
+    client = function_app(
+        target, **NO_DATABASE, SUPABASE_SECRET_KEYS="sb_secret_" + "k" * 32
+    ).test_client()
     headers = {
         "Authorization": f"Bearer {_unsigned_token({'iss': iss, 'role': 'service_role'})}",
         "apikey": "sb_secret_not-a-key-of-this-project",
