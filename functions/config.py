@@ -92,7 +92,12 @@ class Settings:
         *,
         read_secret: SecretReader | None = None,
         needs_sink: bool = True,
+        needs_credentials: bool = True,
     ) -> Settings:
+        """The settings of ``environ`` (default: the process environment). ``needs_sink`` and
+        ``needs_credentials`` say whether a sink and a way to check service credentials must be
+        configured (the functions need the second, batch_import the first as well; replay,
+        which writes directly and checks no credential, needs neither)."""
         env = dict(os.environ if environ is None else environ)
         reader = read_secret or _read_secret_manager
         for name in SECRET_VARIABLES:
@@ -143,7 +148,9 @@ class Settings:
                 env, "RATE_LIMIT_EVENTS_PER_MINUTE", DEFAULT_RATE_LIMIT_EVENTS_PER_MINUTE
             ),
         )
-        if not (settings.jwt_secret or settings.jwks_url or settings.secret_keys):
+        if needs_credentials and not (
+            settings.jwt_secret or settings.jwks_url or settings.secret_keys
+        ):
             raise ConfigError(
                 "no service credential can be checked: set SUPABASE_JWT_SECRET, SUPABASE_URL "
                 "(for its JWKS) or SUPABASE_SECRET_KEYS"

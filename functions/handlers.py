@@ -98,6 +98,10 @@ def _serve(
         logger.exception("unexpected failure in %s", name)
         response = http.internal_error_response(request_id)
         fields["error"] = "internal_error"
+    # Whatever the answer, the body is read to its end here, a chunk at a time, so that no
+    # early answer leaves functions-framework a whole body to buffer.
+    if not http.drain(request):
+        response = http.unbuffered(response)
     fields["status"] = response.status_code
     fields["latency_ms"] = round((time.perf_counter() - started) * 1000, 1)
     counts = getattr(response, "engagement_counts", None)
@@ -136,13 +140,12 @@ def _batch_import(request: flask.Request, st: _State, request_id: str) -> flask.
     deadline = time.monotonic() + settings.time_budget_seconds
     caller = rate_limit.caller_of(credential, _credential_of(request))
     rate_limit.take(st.sink, settings, caller, len(envelope.events), deadline)
-    limit = settings.max_event_bytes
-    outcomes = validation.normalise_all(
+    outcomes = validation.check_events(
         envelope.events,
         default_timezone=envelope.default_timezone,
         received_at=datetime.now(UTC),
-        future_skew=timedelta(seconds=settings.future_skew_seconds),
-        max_event_bytes=None if http.body_at_most(request, limit) else limit,
+        settings=settings,
+        body_within_event_limit=http.body_at_most(request, settings.max_event_bytes),
     )
     valid: list[validation.NormalisedEvent] = []
     positions: list[int] = []  # index in the request of each valid event
@@ -236,7 +239,13 @@ def _convert_timestamps(request: flask.Request, st: _State, request_id: str) -> 
         raise MalformedRequest('the body must be an object with a "timestamps" array')
     unknown_keys = set(body) - {"timestamps", "default_timezone"}
     if unknown_keys:
-        raise MalformedRequest("unknown key in the body: " + ", ".join(sorted(unknown_keys))[:100])
+        # Counted, not named: a key is the caller's text (it may hold a lone surrogate, or
+        # health data), and neither the answer nor its log line repeats input.
+        raise MalformedRequest(
+            f"the body has {len(unknown_keys)} unknown "
+            f"{'key' if len(unknown_keys) == 1 else 'keys'}; "
+            'only "timestamps" and "default_timezone" are allowed'
+        )
     items: list[Any] = body["timestamps"]
     if not items:
         raise MalformedRequest('"timestamps" is empty')

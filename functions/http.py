@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import flask
+from werkzeug.exceptions import ClientDisconnected
 
 from functions.errors import (
     AuthError,
@@ -84,7 +85,6 @@ def read_json(request: flask.Request, *, max_body_bytes: int) -> Any:
     declared = request.content_length
     if declared is not None and declared > ceiling:
         what = "body" if encoding == "identity" else "compressed body"
-        _discard(request.stream)
         raise PayloadTooLarge(f"the {what} is {declared} bytes; the limit is {ceiling}")
 
     raw = _read_limited(request, ceiling)
@@ -202,26 +202,44 @@ def _read_limited(request: flask.Request, ceiling: int) -> bytes:
             break
         size += len(chunk)
         if size > ceiling:
-            _discard(stream)
             raise PayloadTooLarge(f"the body is over the limit of {ceiling} bytes")
         parts.append(chunk)
     return b"".join(parts)
 
 
-def _discard(stream: Any) -> None:
-    """Read what is left of a refused body and drop it.
+def drain(request: flask.Request) -> bool:
+    """Read what is left of the request body and drop it, a chunk at a time; True when the body
+    has been read to its end, False when more than the cap was left (or the client went away).
 
     functions-framework reads the whole request after every response (``request.get_data()``,
-    so that clients still sending do not see the connection reset) and keeps it in memory;
-    reading it here first, chunk by chunk, leaves nothing for it to keep. Cloud Functions
-    refuses requests over 32 MiB, so this ends; the cap is for anything else in front.
+    so that clients still sending do not see the connection reset) and keeps it in memory: a
+    body an early answer (401, 403, 405, 415, 429, 413) never read would be held whole.
+    Reading it here first leaves nothing for it to keep. Cloud Functions refuses requests over
+    32 MiB, so this ends; the cap bounds the work for anything else in front, and what lies
+    beyond it is left to the server (see :func:`unbuffered`).
     """
+    return _discard(request.stream)
+
+
+def unbuffered(response: flask.Response) -> flask.Response:
+    """``response`` as an iterable body, which functions-framework does not follow with a read
+    of the whole request: for a body :func:`drain` could not finish, whose rest the WSGI server
+    then drops as it reads past it (gunicorn, werkzeug) in bounded chunks."""
+    response.response = iter([response.get_data()])
+    return response
+
+
+def _discard(stream: Any) -> bool:
     left = _DISCARD_LIMIT
-    while left > 0:
-        chunk = stream.read(min(_READ_CHUNK, left))
-        if not chunk:
-            return
-        left -= len(chunk)
+    try:
+        while left > 0:
+            chunk = stream.read(min(_READ_CHUNK, left))
+            if not chunk:
+                return True
+            left -= len(chunk)
+    except (OSError, ClientDisconnected):
+        return False
+    return not stream.read(1)
 
 
 def _gunzip_limited(data: bytes, limit: int) -> bytes:
@@ -267,11 +285,14 @@ def json_response(
     headers: Mapping[str, str] | None = None,
 ) -> flask.Response:
     payload = {**body, "request_id": request_id}
-    response = flask.Response(
-        json.dumps(payload, separators=(",", ":"), ensure_ascii=False),
-        status=status,
-        mimetype="application/json",
-    )
+    text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate (JSON lets "\ud800" through) has no UTF-8 form; as a JSON escape
+        # it is still valid JSON, so an answer that carries one is written in ASCII.
+        data = json.dumps(payload, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+    response = flask.Response(data, status=status, mimetype="application/json")
     response.headers[REQUEST_ID_HEADER] = request_id
     response.headers["Cache-Control"] = "no-store"
     for name, value in (headers or {}).items():

@@ -49,6 +49,14 @@ SURROGATE: Final = (
     "its pair), which is not valid Unicode"
 )
 
+TOO_DEEP: Final = (
+    "the event is nested too deeply for its schemas to be checked (jsonschema-rs stops at "
+    "about 250 levels)"
+)
+ENVELOPE_TOO_DEEP: Final = (
+    "The batch envelope is nested too deeply for its schema to be checked (jsonschema-rs stops "
+    "at about 250 levels)."
+)
 UNKNOWN_ZONE: Final = "/timezone is not a known IANA time zone name (such as Europe/Berlin)"
 
 

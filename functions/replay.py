@@ -1,8 +1,10 @@
 """`python -m functions.replay`: import dead-lettered events that pass validation now.
 
 Stored failures (``private.engagement_event_failures``) are read in id order, validated again
-with today's schemas and rules (an event sent without a timestamp keeps the time it first
-failed), and the ones that pass are written through the direct sink. In one transaction per
+with today's schemas and rules, by batch_import's own validation step and with the same limits
+from the environment (``MAX_EVENT_BYTES``, ``FUTURE_SKEW_SECONDS``; the stored text is read as
+batch_import reads a body), and the ones that pass are written through the direct sink. An
+event sent without a timestamp keeps the time it first failed. In one transaction per
 page, the imported ones are marked replayed (``replayed_at``, ``replay_request_id``) and the
 ones that still fail get their current errors. Replaying twice imports nothing twice: marked
 rows are not read again, and a row's id is its ``event_id`` or derived from its content, so an
@@ -22,14 +24,15 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 
-from functions import validation
+from functions import http, validation
+from functions.config import Settings
 from functions.dead_letter import jsonb_safe
-from functions.errors import EngagementError
+from functions.errors import EngagementError, MalformedRequest
 from functions.sinks.postgres import PostgresSink
 
 PAGE_SIZE = 1000
@@ -81,9 +84,13 @@ def replay(
     *,
     limit: int | None = None,
     dry_run: bool = False,
-    future_skew: timedelta = validation.DEFAULT_FUTURE_SKEW,
+    settings: Settings | None = None,
 ) -> ReplayReport:
-    """Replay pending failures (at most ``limit``); ``dry_run`` validates but changes nothing."""
+    """Replay pending failures (at most ``limit``); ``dry_run`` validates but changes nothing.
+    The limits are those of ``settings``, by default read from the environment as the
+    functions read them (ConfigError if they are malformed)."""
+    if settings is None:
+        settings = Settings.from_env(needs_sink=False, needs_credentials=False)
     report = ReplayReport(replay_id=f"replay-{uuid.uuid4().hex}")
     sink = PostgresSink(database_url, max_connections=1)
     try:
@@ -95,7 +102,7 @@ def replay(
                 if not rows:
                     break
                 last_id = rows[-1][0]
-                _replay_page(conn, sink, rows, report, dry_run=dry_run, future_skew=future_skew)
+                _replay_page(conn, sink, rows, report, dry_run=dry_run, settings=settings)
                 if dry_run:
                     conn.rollback()
                 else:
@@ -112,14 +119,14 @@ def _replay_page(
     report: ReplayReport,
     *,
     dry_run: bool,
-    future_skew: timedelta,
+    settings: Settings,
 ) -> None:
     report.examined += len(rows)
     passing: list[validation.NormalisedEvent] = []
     passing_ids: list[int] = []
     failing: list[dict[str, Any]] = []
     for failure_id, event_text, default_timezone, first_failed_at in rows:
-        outcome = _revalidate(event_text, default_timezone, first_failed_at, future_skew)
+        outcome = _revalidate(event_text, default_timezone, first_failed_at, settings)
         if isinstance(outcome, validation.Rejection):
             failing.append({"id": failure_id, "errors": _errors(outcome)})
         else:
@@ -158,21 +165,23 @@ def _revalidate(
     event_text: str,
     default_timezone: str | None,
     first_failed_at: datetime,
-    future_skew: timedelta,
+    settings: Settings,
 ) -> validation.NormalisedEvent | validation.Rejection:
     try:
-        event = json.loads(event_text)
-    except ValueError:
+        event = http.decode_json(event_text)
+    except MalformedRequest as exc:
         return validation.Rejection(
-            0, None, (validation.FieldError("", "the stored event is not valid JSON"),)
+            0,
+            None,
+            (validation.FieldError("", f"the stored event is refused as a body: {exc.message}"),),
         )
-    return validation.normalise_event(
-        event,
-        0,
+    (outcome,) = validation.check_events(
+        [event],
         default_timezone=default_timezone,
         received_at=first_failed_at.astimezone(UTC),
-        future_skew=future_skew,
+        settings=settings,
     )
+    return outcome
 
 
 def _errors(rejection: validation.Rejection) -> list[dict[str, str]]:

@@ -178,7 +178,10 @@ def _is_google_id_token(authorization: str) -> bool:
         claims = json.loads(base64.urlsafe_b64decode(payload))
     except (ValueError, RecursionError):  # not base64url JSON, so not a Google token either
         return False
-    return isinstance(claims, dict) and claims.get("iss") in GOOGLE_ISSUERS
+    # The payload is the caller's: any JSON type may stand in "iss", and only a string can be
+    # one of Google's (a list or an object would not even hash for the set lookup).
+    issuer = claims.get("iss") if isinstance(claims, dict) else None
+    return isinstance(issuer, str) and issuer in GOOGLE_ISSUERS
 
 
 class ServiceAuthenticator:
@@ -591,7 +594,11 @@ def _time_claim(claims: Mapping[str, Any], name: str) -> datetime | None:
     if value is None:
         return None
     # bool is an int, and JSON allows NaN and Infinity as Python parses it: none is a date.
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    # An int is finite however large (math.isfinite would overflow converting 10**400 to a
+    # float); fromtimestamp refuses the ones out of range.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise AuthError(f"the token's '{name}' claim is not a number of seconds", code="malformed")
+    if isinstance(value, float) and not math.isfinite(value):
         raise AuthError(f"the token's '{name}' claim is not a number of seconds", code="malformed")
     try:
         return datetime.fromtimestamp(value, tz=UTC)

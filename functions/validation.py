@@ -24,6 +24,7 @@ from typing import Any, Final, Literal, NamedTuple
 
 from functions import messages, schemas, timestamps
 from functions.canonical import UnstorableValue, canonical_value, compact_json
+from functions.config import Settings
 from functions.errors import MalformedRequest, TimestampError
 from functions.ids import derive_event_id
 from functions.messages import FieldError
@@ -106,10 +107,11 @@ def parse_envelope(body: Any) -> Envelope:
         )
     try:
         problems = _envelope_problems(body)
-    except UnicodeEncodeError:
-        # jsonschema-rs cannot read unpaired surrogates (JSON lets "\ud800" through). Inside an
-        # event they are that event's problem, reported by normalise_event; so the envelope
-        # is checked with its events blanked out, and only a surrogate outside them fails it.
+    except (UnicodeEncodeError, ValueError):
+        # jsonschema-rs cannot read unpaired surrogates (JSON lets "\ud800" through), and
+        # raises ValueError past its recursion limit (about 250 levels). Inside an event either
+        # is that event's problem, reported by normalise_event; so the envelope is checked with
+        # its events blanked out, and only what lies outside them fails it.
         try:
             problems = _envelope_problems(_without_events(body))
         except UnicodeEncodeError:
@@ -117,6 +119,8 @@ def parse_envelope(body: Any) -> Envelope:
                 "The batch envelope contains an unpaired UTF-16 surrogate (an escape in "
                 "\\ud800-\\udfff without its pair) outside its events."
             ) from None
+        except ValueError:
+            raise MalformedRequest(messages.ENVELOPE_TOO_DEEP) from None
     if problems:
         raise MalformedRequest("The batch envelope is not valid: " + "; ".join(problems) + ".")
     default_timezone: str | None = body.get("default_timezone")
@@ -182,6 +186,28 @@ def normalise_all(
                     (FieldError("", messages.too_large(max_event_bytes)),),
                 )
     return outcomes
+
+
+def check_events(
+    events: Sequence[Any],
+    *,
+    default_timezone: str | None,
+    received_at: datetime,
+    settings: Settings,
+    body_within_event_limit: bool = False,
+) -> list[NormalisedEvent | Rejection]:
+    """batch_import's validation step, which replay takes too: :func:`normalise_all` with the
+    deployment's limits from ``settings`` (``FUTURE_SKEW_SECONDS``, ``MAX_EVENT_BYTES``), so
+    that what one refuses the other refuses as well. ``body_within_event_limit``: the caller
+    knows the whole body is no larger than ``MAX_EVENT_BYTES``, so no event can exceed it and
+    the sizes are not measured."""
+    return normalise_all(
+        events,
+        default_timezone=default_timezone,
+        received_at=received_at,
+        future_skew=timedelta(seconds=settings.future_skew_seconds),
+        max_event_bytes=None if body_within_event_limit else settings.max_event_bytes,
+    )
 
 
 def normalise_event(
@@ -278,6 +304,10 @@ def _normalise(
             # The compiled validator takes UTF-8 strings only; a lone surrogate (JSON's
             # "\ud800" escape without its pair) is not Unicode and cannot be stored either.
             return Rejection(index, None, (FieldError("", messages.SURROGATE),))
+        except ValueError:
+            # jsonschema-rs's recursion limit ("Recursion limit reached", about 250 levels):
+            # the event cannot be checked, so it is rejected alone, and kept.
+            return Rejection(index, echoed_event_id(event), (FieldError("", messages.TOO_DEEP),))
 
     moment = _resolve_timestamp(
         event, bad_fields, errors, default_timezone, received_at, future_skew

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -14,7 +15,7 @@ import pytest
 from functions import replay
 from localdb.api_roles import request_as
 from localdb.cluster import ROOT
-from tests.conftest import ANA, ClientFactory, Database, auth, event, json_body
+from tests.conftest import ANA, BEN, ClientFactory, Database, auth, event, json_body
 
 NEWCOMER = "c3c3c3c3-0000-4000-8000-0000000000aa"
 
@@ -177,6 +178,60 @@ def test_replay_imports_what_passes_now_once_and_marks_it(
     # The same events sent again by the caller are duplicates, not new rows.
     again = client.post("/", json=newcomer_events, headers=auth())
     assert (json_body(again)["inserted"], json_body(again)["duplicates"]) == (0, 2)
+
+
+def test_replay_refuses_an_event_too_large_for_batch_import(
+    db: Database, make_client: ClientFactory
+) -> None:
+    """An event over MAX_EVENT_BYTES, rejected for its size alone, stays a failure on replay:
+    replay takes batch_import's validation step with the same limit."""
+    client = make_client("batch_import", MAX_EVENT_BYTES="1024")
+    large = event(event_type="custom_x", timestamp="2025-06-01T07:30:00Z", timezone=None)
+    large["value"] = {"note": "x" * 2_000}
+    response = client.post("/", json=[large], headers=auth())
+    assert response.status_code == 422
+    assert json_body(response)["rejected"][0]["errors"][0]["path"] == ""
+
+    again = replay.replay(db.url)
+    assert (again.imported, again.still_failing) == (0, 1)
+    assert count_events(db, "event_type = 'custom_x'") == 0
+    assert "1024 bytes" in failures(db)[0]["errors"][0]["message"]
+
+
+def test_replay_applies_the_configured_future_skew(
+    db: Database, make_client: ClientFactory
+) -> None:
+    """With FUTURE_SKEW_SECONDS=60, an event three minutes ahead is refused by batch_import and
+    by replay alike (the default of five minutes would let replay import it)."""
+    client = make_client("batch_import", FUTURE_SKEW_SECONDS="60")
+    ahead = datetime.now(UTC) + timedelta(minutes=3)
+    early = event(timestamp=ahead.strftime("%Y-%m-%dT%H:%M:%SZ"), timezone=None)
+    response = client.post("/", json=[early], headers=auth())
+    assert response.status_code == 422
+    assert json_body(response)["rejected"][0]["errors"][0]["path"] == "/timestamp"
+
+    again = replay.replay(db.url)
+    assert (again.imported, again.still_failing) == (0, 1)
+    assert count_events(db, '"timestamp" > now()') == 0
+
+
+def test_replay_reads_stored_events_as_batch_import_reads_bodies(db: Database) -> None:
+    """A stored event text that batch_import would refuse as a body (here a repeated key,
+    which json.loads would quietly resolve to its last value) stays a failure."""
+    text = (
+        f'{{"user_id": "{ANA}", "user_id": "{BEN}", "event_type": "app_open",'
+        ' "timestamp": "2025-06-01T07:30:00Z", "value": {"platform": "ios"}}'
+    )
+    with db.connect() as conn:
+        conn.execute(
+            "insert into private.engagement_event_failures (fingerprint, request_id,"
+            " credential_type, event_index, event, errors)"
+            " values ('repeated-key', 'r', 'legacy_jwt', 0, %s, '[]')",
+            (text,),
+        )
+    again = replay.replay(db.url)
+    assert (again.imported, again.still_failing) == (0, 1)
+    assert "repeats a key" in failures(db)[0]["errors"][0]["message"]
 
 
 def test_replay_command_reports_and_needs_a_database(db: Database) -> None:

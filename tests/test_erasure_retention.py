@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
 
 from localdb.api_roles import request_as
+from localdb.cluster import MIGRATIONS
 from tests.conftest import ANA, BEN, ClientFactory, Database, auth, event
 
 
@@ -107,6 +111,128 @@ def live_event_of(db: Database, user: str) -> str:
             (user,),
         )
     )
+
+
+def spellings(user: str) -> list[str]:
+    """``user`` written in ways a UUID parser (Python's uuid.UUID, PostgreSQL's uuid) accepts."""
+    bare = user.replace("-", "")
+    mixed = "".join(c.upper() if i % 2 else c for i, c in enumerate(user))
+    return [
+        bare,
+        user.upper(),
+        bare.upper(),
+        "{" + user + "}",
+        "{" + bare.upper() + "}",
+        "urn:uuid:" + user,
+        "urn:uuid:" + bare,
+        mixed,
+        "-".join(bare[i : i + 4] for i in range(0, 32, 4)),  # hyphens after every 4 digits
+    ]
+
+
+def strings_in(value: Any) -> Iterator[str]:
+    """Every string in a JSON value, keys included."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, list):
+        for item in value:
+            yield from strings_in(item)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield key
+            yield from strings_in(item)
+
+
+def names(text: str, user: str) -> bool:
+    """Whether any string in the stored event text is a spelling of ``user`` that
+    uuid.UUID accepts."""
+    for candidate in strings_in(json.loads(text)):
+        try:
+            if uuid.UUID(candidate) == uuid.UUID(user):
+                return True
+        except ValueError:
+            continue
+    return False
+
+
+def failures_naming_in_any_spelling(db: Database, user: str) -> int:
+    with db.connect() as conn:
+        rows = conn.execute("select event from private.engagement_event_failures").fetchall()
+    return sum(1 for (text,) in rows if names(text, user))
+
+
+def dead_letter_spellings(make_client: ClientFactory, user: str) -> int:
+    """Rejected events naming ``user`` in every spelling: as user_id, as user_id inside a list
+    or an object (not a string at the top), and elsewhere in the event. Returns their number."""
+    sent = []
+    for spelling in spellings(user):
+        sent.append(event(user_id=spelling, timezone="Atlantis/Capital"))
+        sent.append(event(user_id=[spelling], timezone="Atlantis/Capital"))
+        sent.append(event(user_id={"id": spelling}, timezone="Atlantis/Capital"))
+        sent.append(event(user_id="not-a-uuid", value={"friend": spelling}))
+    response = make_client("batch_import").post("/", json=sent, headers=auth())
+    assert response.status_code == 422
+    assert len(response.get_json()["rejected"]) == len(sent)
+    return len(sent)
+
+
+@pytest.mark.parametrize("route", ["erase_engagement_user", "delete from auth.users"])
+def test_erasure_finds_the_user_in_every_spelling_a_uuid_parser_accepts(
+    db: Database, make_client: ClientFactory, route: str
+) -> None:
+    sent_for_ana = dead_letter_spellings(make_client, ANA)
+    sent_for_ben = dead_letter_spellings(make_client, BEN)
+    assert failures_naming_in_any_spelling(db, ANA) == sent_for_ana
+    # Whatever the spelling of a string user_id, the store records whose failure it is.
+    assert scalar(
+        db,
+        "select count(*) from private.engagement_event_failures where user_id = %s",
+        (ANA,),
+    ) == len(spellings(ANA))
+
+    if route == "erase_engagement_user":
+        with (
+            db.connect("authenticator", autocommit=False) as conn,
+            request_as(conn, "service_role") as c,
+        ):
+            row = c.execute("select public.erase_engagement_user(%s)", (ANA,)).fetchone()
+        assert row is not None
+        assert row[0]["failures"] == sent_for_ana
+    else:
+        with db.connect("supabase_auth_admin") as conn:
+            assert conn.execute("delete from auth.users where id = %s", (ANA,)).rowcount == 1
+
+    assert failures_naming_in_any_spelling(db, ANA) == 0
+    assert failures_naming_in_any_spelling(db, BEN) == sent_for_ben
+
+
+def test_failures_stored_before_the_spelling_migration_get_their_user_id(db: Database) -> None:
+    """The migration fills user_id of failures stored while only the hyphenated spelling was
+    recognised; events jsonb cannot hold, or whose user_id is no string, keep null."""
+    bare = ANA.replace("-", "").upper()
+    events = {
+        "spelt": json.dumps({"user_id": "{" + bare + "}", "event_type": "app_open"}),
+        "listed": json.dumps({"user_id": [bare], "event_type": "app_open"}),
+        "nul": json.dumps({"user_id": bare, "note": "\x00"}),
+    }
+    with db.connect() as conn:
+        for fingerprint, text in events.items():
+            conn.execute(
+                "insert into private.engagement_event_failures (fingerprint, request_id,"
+                " credential_type, event_index, user_id, event, errors)"
+                " values (%s, 'r', 'legacy_jwt', 0, null, %s, '[]')",
+                (fingerprint, text),
+            )
+    db.cluster.run_sql_file(MIGRATIONS / "20241225000000_erasure_any_spelling.sql", dbname=db.name)
+    with db.connect() as conn:
+        filled = dict(
+            conn.execute(
+                "select fingerprint, user_id::text from private.engagement_event_failures"
+                " where fingerprint = any(%s)",
+                (list(events),),
+            ).fetchall()
+        )
+    assert filled == {"spelt": ANA, "listed": None, "nul": None}
 
 
 def test_soft_delete_is_stamped_by_the_database_and_cannot_be_backdated(db: Database) -> None:

@@ -331,6 +331,24 @@ REJECTED: list[Any] = [
     pytest.param(lambda w: w.hs256(nbf=float("inf")), "malformed", id="nbf is Infinity"),
     pytest.param(lambda w: w.hs256(exp=10**20), "malformed", id="exp is out of range"),
     pytest.param(lambda w: w.hs256(iat=[1]), "malformed", id="iat is a list"),
+    # every time claim, every JSON type, and integers too large for a float
+    *(
+        pytest.param(
+            lambda w, alg=alg, name=name, value=value: w.mint(alg, **{name: value}),
+            "malformed",
+            id=f"{alg} {name} is {label}",
+        )
+        for alg in ("HS256", "ES256")
+        for name in ("exp", "nbf", "iat")
+        for label, value in (
+            ("10**400", 10**400),
+            ("-10**400", -(10**400)),
+            ("1e308", 1e308),
+            ("an object", {"a": 1}),
+            ("a string", "1700000000"),
+            ("a list", [1700000000]),
+        )
+    ),
     pytest.param(lambda w: w.hs256(role=["service_role"]), "malformed", id="role is a list"),
     pytest.param(lambda w: w.es256(sub=42), "malformed", id="sub is a number"),
     pytest.param(

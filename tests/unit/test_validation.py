@@ -325,6 +325,90 @@ def test_deeply_nested_payload_is_validated_without_crashing() -> None:
     )
 
 
+def _nested(depth: int, inner: Any, as_object: bool) -> Any:
+    for _ in range(depth):
+        inner = {"k": inner} if as_object else [inner]
+    return inner
+
+
+PAST_THE_SCHEMA_RECURSION_LIMIT = 300
+"""Deeper than jsonschema-rs follows (its iter_errors raises "Recursion limit reached" at
+about 255 levels); the body's own depth limit keeps requests far from it, these calls do not."""
+
+_VALID_APP_OPEN: dict[str, Any] = {
+    "user_id": USER,
+    "event_type": "app_open",
+    "timestamp": "2024-12-01T07:30:00Z",
+    "value": {"platform": "ios"},
+}
+_DEEP = PAST_THE_SCHEMA_RECURSION_LIMIT
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        pytest.param({**_VALID_APP_OPEN, "typo": _nested(_DEEP, 1, False)}, id="unknown key"),
+        pytest.param({**_VALID_APP_OPEN, "event_id": _nested(_DEEP, 1, False)}, id="event_id"),
+        pytest.param({**_VALID_APP_OPEN, "timezone": _nested(_DEEP, 1, True)}, id="timezone"),
+        pytest.param(
+            {**_VALID_APP_OPEN, "value": {"platform": _nested(_DEEP, 1, False)}},
+            id="a known payload's field",
+        ),
+        pytest.param(
+            {**_VALID_APP_OPEN, "value": {"unlisted": _nested(_DEEP, 1, True)}},
+            id="a known payload's unknown key",
+        ),
+        pytest.param({**_VALID_APP_OPEN, "user_id": _nested(_DEEP, 1, True)}, id="user_id"),
+    ],
+)
+def test_an_event_too_deep_for_the_schemas_is_rejected_alone(event: dict[str, Any]) -> None:
+    valid, rejected = normalise_batch(
+        Envelope(
+            events=[_VALID_APP_OPEN, event, _VALID_APP_OPEN], mode="partial", default_timezone=None
+        ),
+        received_at=RECEIVED_AT,
+    )
+    assert len(valid) == 2
+    assert [r.index for r in rejected] == [1]
+    assert rejected[0].errors == (
+        FieldError(
+            "",
+            "the event is nested too deeply for its schemas to be checked (jsonschema-rs stops "
+            "at about 250 levels)",
+        ),
+    )
+    assert normalise_event(event, 0, default_timezone=None, received_at=RECEIVED_AT) == Rejection(
+        0, None, rejected[0].errors
+    )
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param({"events": [_VALID_APP_OPEN], "mode": _nested(_DEEP, 1, False)}, id="mode"),
+        pytest.param(
+            {"events": [_VALID_APP_OPEN], "default_timezone": _nested(_DEEP, 1, True)},
+            id="default_timezone",
+        ),
+        pytest.param(
+            {"events": [_VALID_APP_OPEN], "unknown": _nested(_DEEP, SECRET, True)},
+            id="an unknown envelope key",
+        ),
+    ],
+)
+def test_an_envelope_too_deep_for_its_schema_is_malformed(body: dict[str, Any]) -> None:
+    with pytest.raises(MalformedRequest) as caught:
+        parse_envelope(body)
+    assert "nested too deeply" in caught.value.message
+    assert SECRET not in caught.value.message
+
+
+def test_events_too_deep_for_the_schemas_leave_the_envelope_valid() -> None:
+    deep_event = {**_VALID_APP_OPEN, "typo": _nested(_DEEP, 1, True)}
+    envelope = parse_envelope({"events": [deep_event, _nested(_DEEP, 1, False)]})
+    assert len(envelope.events) == 2
+
+
 @pytest.mark.parametrize("steps", [2**80, -(2**80), 1e308])
 def test_huge_numbers_are_rejected_not_crashed_on(steps: Any) -> None:
     (error,) = _rejected(_steps(steps)).errors
