@@ -18,17 +18,14 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from functions import handlers
 from localdb.cluster import ROOT
-from tests.conftest import Database
-from tests.flask_app import create_app
+from tests.conftest import AppFactory, Database
 
 DEPLOY = ROOT / "deploy.sh"
 PROJECT = "engagement-prod-1"
@@ -701,20 +698,15 @@ def _google_id_token(audience: str) -> str:
 
 
 @pytest.fixture
-def scheduler_target(db: Database, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+def scheduler_target(db: Database, function_app: AppFactory) -> Any:
     """batch_import configured as deploy.sh configures it (direct sink, scheduler key)."""
-    monkeypatch.setenv("FUNCTION_TARGET", "batch_import")
-    monkeypatch.setenv("DATABASE_URL", db.url)
-    monkeypatch.setenv("SUPABASE_SECRET_KEYS", SECRETS["SUPABASE_SECRET_KEYS"])
-    monkeypatch.delenv("SUPABASE_JWT_SECRET", raising=False)
-    monkeypatch.delenv("SUPABASE_URL", raising=False)
-    handlers.state.cache_clear()
-    app = create_app("batch_import")
-    yield app.test_client()
-    sink = handlers.state()._sink if handlers.state.cache_info().currsize else None
-    if sink is not None:
-        sink.close()
-    handlers.state.cache_clear()
+    return function_app(
+        "batch_import",
+        DATABASE_URL=db.url,
+        SUPABASE_SECRET_KEYS=SECRETS["SUPABASE_SECRET_KEYS"],
+        SUPABASE_JWT_SECRET=None,
+        SUPABASE_URL=None,
+    ).test_client()
 
 
 @pytest.mark.db

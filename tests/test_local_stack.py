@@ -256,6 +256,7 @@ def test_seeded_user_reads_only_their_events_through_the_api_role(db: Database) 
     assert owners == [(ANA,)]
 
 
+@pytest.mark.db  # starts a cluster of its own
 def test_cluster_stops_cleanly_and_leaves_nothing_behind() -> None:
     db_cluster = localcluster.start()
     pid, basedir = db_cluster.process.pid, db_cluster.basedir
@@ -284,6 +285,7 @@ def _printed_commands(text: str) -> list[str]:
     return commands
 
 
+@pytest.mark.db  # python -m localdb starts a cluster
 def test_local_run_command_serves_the_seeded_database_and_cleans_up() -> None:
     """What the README's first command runs after setup: `python -m localdb`."""
     process = subprocess.Popen(
