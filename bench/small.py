@@ -8,7 +8,8 @@ connection, every request one user's new events, all valid, all stored:
 - batch_import, served by functions-framework (gunicorn, as on Cloud Functions, with the
   ``THREADS`` and ``WORKERS`` deploy.sh sets unless ``--threads``/``--workers`` say otherwise)
   with the direct sink, the rate limit on (with limits this run cannot reach, so its cost is
-  counted; every client is the same caller, as one integration's webhooks are);
+  counted; every client is the same caller, as one integration's webhooks are, unless
+  ``--own-callers`` gives each client a JWT ``sub`` of its own);
 - the baseline: what PostgREST runs for a POST with ``Prefer: resolution=ignore-duplicates``, one
   statement ``insert ... select ... from json_to_recordset($1) ... on conflict (id) do nothing``
   in its own transaction, the same rows, one connection per client.
@@ -35,6 +36,8 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import jwt
 
 from bench import common
 from localdb import cluster as localcluster
@@ -81,6 +84,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=DEPLOYED_WORKERS,
         help=f"gunicorn worker processes (WORKERS; default {DEPLOYED_WORKERS})",
+    )
+    parser.add_argument(
+        "--own-callers",
+        action="store_true",
+        help="each client its own caller of the rate limit (default: all one caller, as one "
+        "integration's webhooks are)",
     )
     parser.add_argument(
         "--statements",
@@ -167,16 +176,32 @@ def run_function(
     warmup: list[list[bytes]],
     work: list[list[bytes]],
     clients: int,
+    *,
+    own_callers: bool = False,
 ) -> SideRun:
-    token = functions_local.mint_service_token(server.jwt_secret)
-    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
+    secret = server.jwt_secret
+    if own_callers:
+        now = int(time.time())
+        tokens = [
+            jwt.encode(
+                {"role": "service_role", "sub": f"bench-client-{n}", "iat": now, "exp": now + 3600},
+                secret,
+                algorithm="HS256",
+            )
+            for n in range(clients)
+        ]
+    else:
+        tokens = [functions_local.mint_service_token(secret)] * clients
+    headers = [
+        {"Content-Type": "application/json", "Authorization": f"Bearer {token}"} for token in tokens
+    ]
     connections = [
         http.client.HTTPConnection("127.0.0.1", server.port, timeout=60) for _ in range(clients)
     ]
 
     def send(client: int, body: bytes) -> int:
         conn = connections[client]
-        conn.request("POST", "/", body=body, headers=headers)
+        conn.request("POST", "/", body=body, headers=headers[client])
         response = conn.getresponse()
         answer = json.loads(response.read())
         if response.status != 200:
@@ -215,6 +240,7 @@ def run_direct(
 
 
 def _function_side(
+    own_callers: bool,
     extra_env: dict[str, str],
     warmup: list[list[bytes]],
     work: list[list[bytes]],
@@ -223,7 +249,7 @@ def _function_side(
 ) -> SideRun:
     server = common.serve_function("batch_import", db.url, extra_env=extra_env)
     try:
-        return run_function(server, warmup, work, clients)
+        return run_function(server, warmup, work, clients, own_callers=own_callers)
     finally:
         server.stop()
 
@@ -344,7 +370,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 sides = [
                     (
                         "fn",
-                        functools.partial(_function_side, extra_env, warm_bodies, bodies, clients),
+                        functools.partial(
+                            _function_side,
+                            args.own_callers,
+                            extra_env,
+                            warm_bodies,
+                            bodies,
+                            clients,
+                        ),
                         function_results,
                     ),
                     (
@@ -418,6 +451,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "threads": args.threads,
         "workers": args.workers,
         "statements_counted": bool(args.statements),
+        "own_callers": bool(args.own_callers),
         "sizes": per_size,
     }
     common.write_results("small", figures, args, machine)
