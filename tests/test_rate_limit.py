@@ -191,6 +191,6 @@ def test_an_event_limit_below_the_batch_limit_fails_at_cold_start() -> None:
         )
     defaults = Settings.from_env({**env, "RATE_LIMIT_EVENTS_PER_MINUTE": ""})
     assert (defaults.rate_limit_requests_per_minute, defaults.rate_limit_events_per_minute) == (
-        600,
+        6_000,
         600_000,
     )
