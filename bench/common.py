@@ -140,13 +140,18 @@ class BenchDatabase:
 
 
 @contextlib.contextmanager
-def bench_database(*, durable: bool = True, max_connections: int = 300) -> Iterator[BenchDatabase]:
+def bench_database(
+    *, durable: bool = True, max_connections: int = 300, extra_settings: Sequence[str] = ()
+) -> Iterator[BenchDatabase]:
     """A fresh cluster with one database prepared as Supabase would be (migrations and seed).
 
     ``durable=True`` (the default) keeps fsync and synchronous commit on, so write figures
-    include the cost a real database pays.
+    include the cost a real database pays. ``extra_settings`` are more ``name=value`` server
+    settings (e.g. ``shared_preload_libraries=pg_stat_statements``).
     """
-    cluster = localcluster.start(durable=durable, max_connections=max_connections)
+    cluster = localcluster.start(
+        durable=durable, max_connections=max_connections, extra_settings=extra_settings
+    )
     try:
         cluster.prepare_database(BENCH_DB)
         yield BenchDatabase(cluster, BENCH_DB)

@@ -24,7 +24,7 @@ DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 DEFAULT_MAX_EVENT_BYTES = 64 * 1024
 DEFAULT_FUTURE_SKEW_SECONDS = 300
 DEFAULT_TIME_BUDGET_SECONDS = 50.0
-DEFAULT_RATE_LIMIT_REQUESTS_PER_MINUTE = 600
+DEFAULT_RATE_LIMIT_REQUESTS_PER_MINUTE = 6_000
 DEFAULT_RATE_LIMIT_EVENTS_PER_MINUTE = 600_000
 
 SECRET_VARIABLES = ("SUPABASE_SERVICE_ROLE_KEY", "SUPABASE_JWT_SECRET", "DATABASE_URL")
@@ -71,7 +71,8 @@ class Settings:
 
     rate_limit_requests_per_minute: int = DEFAULT_RATE_LIMIT_REQUESTS_PER_MINUTE
     """batch_import requests one caller may make per minute, across all instances (429 above
-    it); 0 turns the limit off."""
+    it); 0 turns the limit off. The defaults are sized in docs/functions.md ("Rate limits: how
+    the defaults were sized")."""
 
     rate_limit_events_per_minute: int = DEFAULT_RATE_LIMIT_EVENTS_PER_MINUTE
     """Events one caller may send to batch_import per minute; 0 turns the limit off. Must be
