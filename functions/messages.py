@@ -51,6 +51,26 @@ SURROGATE: Final = (
 
 UNKNOWN_ZONE: Final = "/timezone is not a known IANA time zone name (such as Europe/Berlin)"
 
+_NO_PLACES_CLOCK: Final = (
+    "names no place's clock (Factory is tzdata's zone for machines whose time zone was never "
+    "set); send the IANA name of the place, such as Europe/Berlin"
+)
+UNUSABLE_ZONE: Final = "/timezone " + _NO_PLACES_CLOCK
+
+
+def zone_error(code: str) -> FieldError:
+    """The event's error for a ``timezone`` that ``functions.timestamps.get_zone`` refused
+    with ``code``: unknown, or ``Factory`` (``unusable_timezone``)."""
+    return FieldError("/timezone", UNUSABLE_ZONE if code == "unusable_timezone" else UNKNOWN_ZONE)
+
+
+def default_zone_problem(code: str) -> str:
+    """The 400 message for a batch's ``default_timezone`` that ``get_zone`` refused with
+    ``code``."""
+    if code == "unusable_timezone":
+        return f"default_timezone {_NO_PLACES_CLOCK}."
+    return "default_timezone is not a known IANA time zone name (such as Europe/Berlin)."
+
 
 def too_large(limit: int) -> str:
     return f"the event is larger than the limit of {limit} bytes"
@@ -139,9 +159,11 @@ _TIMESTAMP_MESSAGES: Final = {
 def timestamp_error(exc: TimestampError, future_skew: timedelta) -> FieldError:
     """The event's error for a failed UTC conversion, from the error's code and field."""
     field = exc.field
-    if exc.code == "unknown_timezone":
+    if exc.code in ("unknown_timezone", "unusable_timezone"):
         if field == "timezone":
-            return FieldError("/timezone", UNKNOWN_ZONE)
+            return zone_error(exc.code)
+        if exc.code == "unusable_timezone":
+            return FieldError("/timestamp", "the batch's default_timezone " + _NO_PLACES_CLOCK)
         return FieldError(
             "/timestamp",
             "/timestamp has no UTC offset and the batch's default_timezone is not a known "

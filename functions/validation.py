@@ -123,10 +123,8 @@ def parse_envelope(body: Any) -> Envelope:
     if default_timezone is not None:
         try:
             timestamps.get_zone(default_timezone)
-        except TimestampError:
-            raise MalformedRequest(
-                "default_timezone is not a known IANA time zone name (such as Europe/Berlin)."
-            ) from None
+        except TimestampError as exc:
+            raise MalformedRequest(messages.default_zone_problem(exc.code)) from None
     return Envelope(
         events=body["events"],
         mode=body.get("mode", "partial"),
@@ -363,8 +361,8 @@ def _resolve_timestamp(
         try:
             timestamps.get_zone(event["timezone"])
             zone = event["timezone"]
-        except TimestampError:
-            errors.append(FieldError("/timezone", messages.UNKNOWN_ZONE))
+        except TimestampError as exc:
+            errors.append(messages.zone_error(exc.code))
             zone_broken = True
 
     raw = event.get("timestamp", _ABSENT)
