@@ -21,7 +21,7 @@ from typing import Any, Final
 from jsonschema_rs import ValidationError, ValidationErrorKind
 
 from functions.errors import TimestampError
-from functions.schemas import BATCH_SCHEMA, EVENT_SCHEMA
+from functions.schemas import BATCH_SCHEMA, CONVERT_SCHEMA, EVENT_SCHEMA
 
 MAX_ECHOED_KEY_CHARS: Final = 64
 """At most this many characters of an unknown event property's name appear in a message."""
@@ -80,17 +80,36 @@ def too_large(limit: int) -> str:
 
 
 def envelope_problem(error: ValidationError) -> str:
-    """A phrase for one error of the batch envelope (joined into one 400 message)."""
+    """A phrase for one error of batch_import's envelope (joined into one 400 message)."""
+    return _body_problem(error, BATCH_SCHEMA, "events", "the batch must contain at least one event")
+
+
+def conversion_problem(error: ValidationError) -> str:
+    """A phrase for one error of convert_timestamps' request body (joined into one 400 message)."""
+    return _body_problem(
+        error, CONVERT_SCHEMA, "timestamps", "the request must contain at least one timestamp"
+    )
+
+
+def _body_problem(
+    error: ValidationError, schema: Mapping[str, Any], items: str, no_items: str
+) -> str:
+    """A phrase for one error of a request body checked against ``schema``, whose list
+    property ``items`` must not be empty (``no_items`` says so)."""
     kind = error.kind
-    if isinstance(kind, ValidationErrorKind.MinItems) and error.instance_path == ["events"]:
-        return "the batch must contain at least one event"
+    if isinstance(kind, ValidationErrorKind.MinItems) and error.instance_path == [items]:
+        return no_items
     if isinstance(kind, ValidationErrorKind.Required):
-        return f"the request body must have an {quote_key(kind.property)} property"
+        return f"the request body must have the {quote_key(kind.property)} property"
     if isinstance(kind, ValidationErrorKind.AdditionalProperties):
-        allowed = ", ".join(sorted(BATCH_SCHEMA["properties"]))
+        allowed = ", ".join(sorted(schema["properties"]))
         names = ", ".join(quote_key(name) for name in kind.unexpected[:MAX_NAMED_UNKNOWN_KEYS])
-        return f"unknown property {names} (a batch has only: {allowed})"
-    return describe(error, prefix="", root=BATCH_SCHEMA, subject="the request body")
+        return f"unknown property {names} (the request body has only: {allowed})"
+    return describe(error, prefix="", root=schema, subject="the request body")
+
+
+CONVERSION_ITEM_NOT_A_TIMESTAMP: Final = 'each item must be an object with a "timestamp" string'
+CONVERSION_ZONE_NOT_A_STRING: Final = "timezone must be a string"
 
 
 # --- one event --------------------------------------------------------------------------------
