@@ -24,9 +24,7 @@ from functions.errors import (
     EngagementError,
     MalformedRequest,
     NotServiceRole,
-    PayloadTooLarge,
     StoreError,
-    TimestampError,
 )
 from functions.messages import FieldError
 from functions.service_auth import Credential, ServiceAuthenticator, presented_credential
@@ -132,11 +130,7 @@ def _batch_import(request: flask.Request, st: _State, request_id: str) -> flask.
     credential = _authenticate(request, st)
     settings = st.settings
     body = http.read_json(request, max_body_bytes=settings.max_body_bytes)
-    envelope = validation.parse_envelope(body)
-    if len(envelope.events) > settings.max_batch_events:
-        raise PayloadTooLarge(
-            f"the batch has {len(envelope.events)} events; the limit is {settings.max_batch_events}"
-        )
+    envelope = validation.parse_envelope(body, max_events=settings.max_batch_events)
     deadline = time.monotonic() + settings.time_budget_seconds
     caller = rate_limit.caller_of(credential, _credential_of(request))
     rate_limit.take(st.sink, settings, caller, len(envelope.events), deadline)
@@ -226,70 +220,17 @@ def _convert_timestamps(request: flask.Request, st: _State, request_id: str) -> 
     skew = timedelta(seconds=st.settings.future_skew_seconds)
     now = datetime.now(UTC)
     if request.method == "GET":
-        given = request.args.get("timestamp")
-        if given is None:
-            raise MalformedRequest("the query parameter timestamp is required")
         utc = timestamps.to_utc(
-            given, timezone=request.args.get("timezone"), now=now, future_skew=skew
-        )
-        return http.json_response({"utc": timestamps.format_utc(utc)}, 200, request_id)
-
-    body = http.read_json(request, max_body_bytes=st.settings.max_body_bytes)
-    if not isinstance(body, dict) or not isinstance(body.get("timestamps"), list):
-        raise MalformedRequest('the body must be an object with a "timestamps" array')
-    unknown_keys = set(body) - {"timestamps", "default_timezone"}
-    if unknown_keys:
-        # Counted, not named: a key is the caller's text (it may hold a lone surrogate, or
-        # health data), and neither the answer nor its log line repeats input.
-        raise MalformedRequest(
-            f"the body has {len(unknown_keys)} unknown "
-            f"{'key' if len(unknown_keys) == 1 else 'keys'}; "
-            'only "timestamps" and "default_timezone" are allowed'
-        )
-    items: list[Any] = body["timestamps"]
-    if not items:
-        raise MalformedRequest('"timestamps" is empty')
-    if len(items) > st.settings.max_batch_events:
-        raise PayloadTooLarge(
-            f"{len(items)} timestamps; the limit is {st.settings.max_batch_events}"
-        )
-    default_zone = body.get("default_timezone")
-    if default_zone is not None:
-        if not isinstance(default_zone, str):
-            raise MalformedRequest('"default_timezone" must be a string')
-        try:
-            timestamps.get_zone(default_zone)
-        except TimestampError as exc:
-            raise MalformedRequest(f"default_timezone: {exc.message}") from None
-    results: list[dict[str, Any]] = []
-    for index, item in enumerate(items):
-        results.append(_convert_one(index, item, default_zone, now, skew))
-    return http.json_response({"results": results}, 200, request_id)
-
-
-def _convert_one(
-    index: int, item: Any, default_zone: str | None, now: datetime, skew: timedelta
-) -> dict[str, Any]:
-    if not isinstance(item, dict) or not isinstance(item.get("timestamp"), str):
-        return {
-            "index": index,
-            "error": "invalid_timestamp",
-            "message": 'each item must be an object with a "timestamp" string',
-        }
-    zone = item.get("timezone")
-    if zone is not None and not isinstance(zone, str):
-        return {"index": index, "error": "unknown_timezone", "message": "timezone must be a string"}
-    try:
-        utc = timestamps.to_utc(
-            item["timestamp"],
-            timezone=zone,
-            default_timezone=default_zone,
+            http.required_query(request, "timestamp"),
+            timezone=request.args.get("timezone"),
             now=now,
             future_skew=skew,
         )
-    except TimestampError as exc:
-        return {"index": index, "error": exc.code, "message": exc.message}
-    return {"index": index, "utc": timestamps.format_utc(utc)}
+        return http.json_response({"utc": timestamps.format_utc(utc)}, 200, request_id)
+    body = http.read_json(request, max_body_bytes=st.settings.max_body_bytes)
+    conversion = validation.parse_conversion(body, max_items=st.settings.max_batch_events)
+    results = validation.convert_all(conversion, now=now, future_skew=skew)
+    return http.json_response({"results": results}, 200, request_id)
 
 
 # -------------------------------------------------------------------------- verify_service_jwt

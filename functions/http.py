@@ -58,6 +58,14 @@ def require_method(request: flask.Request, *allowed: str) -> None:
         )
 
 
+def required_query(request: flask.Request, name: str) -> str:
+    """The query parameter ``name``; MalformedRequest when it is absent."""
+    value = request.args.get(name)
+    if value is None:
+        raise MalformedRequest(f"the query parameter {name} is required")
+    return value
+
+
 def read_json(request: flask.Request, *, max_body_bytes: int) -> Any:
     """The request body as JSON, after checking type, encoding and size.
 

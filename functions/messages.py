@@ -21,7 +21,7 @@ from typing import Any, Final
 from jsonschema_rs import ValidationError, ValidationErrorKind
 
 from functions.errors import TimestampError
-from functions.schemas import BATCH_SCHEMA, EVENT_SCHEMA
+from functions.schemas import BATCH_SCHEMA, CONVERT_SCHEMA, EVENT_SCHEMA
 
 MAX_ECHOED_KEY_CHARS: Final = 64
 """At most this many characters of an unknown event property's name appear in a message."""
@@ -53,11 +53,37 @@ TOO_DEEP: Final = (
     "the event is nested too deeply for its schemas to be checked (jsonschema-rs stops at "
     "about 250 levels)"
 )
-ENVELOPE_TOO_DEEP: Final = (
-    "The batch envelope is nested too deeply for its schema to be checked (jsonschema-rs stops "
-    "at about 250 levels)."
-)
+
+
+def too_deep_for_schema(what: str) -> str:
+    """The 400 for a body whose part outside its items is nested past jsonschema-rs's limit."""
+    return (
+        f"The {what} is nested too deeply for its schema to be checked (jsonschema-rs stops "
+        "at about 250 levels)."
+    )
+
+
 UNKNOWN_ZONE: Final = "/timezone is not a known IANA time zone name (such as Europe/Berlin)"
+
+_NO_PLACES_CLOCK: Final = (
+    "names no place's clock (Factory is tzdata's zone for machines whose time zone was never "
+    "set); send the IANA name of the place, such as Europe/Berlin"
+)
+UNUSABLE_ZONE: Final = "/timezone " + _NO_PLACES_CLOCK
+
+
+def zone_error(code: str) -> FieldError:
+    """The event's error for a ``timezone`` that ``functions.timestamps.get_zone`` refused
+    with ``code``: unknown, or ``Factory`` (``unusable_timezone``)."""
+    return FieldError("/timezone", UNUSABLE_ZONE if code == "unusable_timezone" else UNKNOWN_ZONE)
+
+
+def default_zone_problem(code: str) -> str:
+    """The 400 message for a batch's ``default_timezone`` that ``get_zone`` refused with
+    ``code``."""
+    if code == "unusable_timezone":
+        return f"default_timezone {_NO_PLACES_CLOCK}."
+    return "default_timezone is not a known IANA time zone name (such as Europe/Berlin)."
 
 
 def too_large(limit: int) -> str:
@@ -68,17 +94,36 @@ def too_large(limit: int) -> str:
 
 
 def envelope_problem(error: ValidationError) -> str:
-    """A phrase for one error of the batch envelope (joined into one 400 message)."""
+    """A phrase for one error of batch_import's envelope (joined into one 400 message)."""
+    return _body_problem(error, BATCH_SCHEMA, "events", "the batch must contain at least one event")
+
+
+def conversion_problem(error: ValidationError) -> str:
+    """A phrase for one error of convert_timestamps' request body (joined into one 400 message)."""
+    return _body_problem(
+        error, CONVERT_SCHEMA, "timestamps", "the request must contain at least one timestamp"
+    )
+
+
+def _body_problem(
+    error: ValidationError, schema: Mapping[str, Any], items: str, no_items: str
+) -> str:
+    """A phrase for one error of a request body checked against ``schema``, whose list
+    property ``items`` must not be empty (``no_items`` says so)."""
     kind = error.kind
-    if isinstance(kind, ValidationErrorKind.MinItems) and error.instance_path == ["events"]:
-        return "the batch must contain at least one event"
+    if isinstance(kind, ValidationErrorKind.MinItems) and error.instance_path == [items]:
+        return no_items
     if isinstance(kind, ValidationErrorKind.Required):
-        return f"the request body must have an {quote_key(kind.property)} property"
+        return f"the request body must have the {quote_key(kind.property)} property"
     if isinstance(kind, ValidationErrorKind.AdditionalProperties):
-        allowed = ", ".join(sorted(BATCH_SCHEMA["properties"]))
+        allowed = ", ".join(sorted(schema["properties"]))
         names = ", ".join(quote_key(name) for name in kind.unexpected[:MAX_NAMED_UNKNOWN_KEYS])
-        return f"unknown property {names} (a batch has only: {allowed})"
-    return describe(error, prefix="", root=BATCH_SCHEMA, subject="the request body")
+        return f"unknown property {names} (the request body has only: {allowed})"
+    return describe(error, prefix="", root=schema, subject="the request body")
+
+
+CONVERSION_ITEM_NOT_A_TIMESTAMP: Final = 'each item must be an object with a "timestamp" string'
+CONVERSION_ZONE_NOT_A_STRING: Final = "timezone must be a string"
 
 
 # --- one event --------------------------------------------------------------------------------
@@ -147,9 +192,11 @@ _TIMESTAMP_MESSAGES: Final = {
 def timestamp_error(exc: TimestampError, future_skew: timedelta) -> FieldError:
     """The event's error for a failed UTC conversion, from the error's code and field."""
     field = exc.field
-    if exc.code == "unknown_timezone":
+    if exc.code in ("unknown_timezone", "unusable_timezone"):
         if field == "timezone":
-            return FieldError("/timezone", UNKNOWN_ZONE)
+            return zone_error(exc.code)
+        if exc.code == "unusable_timezone":
+            return FieldError("/timestamp", "the batch's default_timezone " + _NO_PLACES_CLOCK)
         return FieldError(
             "/timestamp",
             "/timestamp has no UTC offset and the batch's default_timezone is not a known "

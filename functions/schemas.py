@@ -1,7 +1,7 @@
 """The JSON Schemas in ``schemas/``, read and compiled once, at import.
 
-The schemas are data: ``batch.schema.json`` describes the request envelope,
-``event.schema.json`` one event, and every file ``schemas/events/<event_type>.schema.json``
+The schemas are data: ``batch.schema.json`` describes batch_import's request envelope,
+``convert.schema.json`` convert_timestamps' request body, ``event.schema.json`` one event, and every file ``schemas/events/<event_type>.schema.json``
 the ``value`` of one known event type; adding such a file adds a known type. An event type
 without a file is accepted if it is well formed, and its ``value`` only has to be a JSON
 object. Every schema is compiled with jsonschema-rs: Draft 2020-12, ``format`` asserted
@@ -63,6 +63,8 @@ def discover_payload_schemas(directory: Path) -> dict[str, dict[str, Any]]:
 
 BATCH_SCHEMA: Final = MappingProxyType(load_schema(SCHEMA_DIR / "batch.schema.json"))
 """The request envelope of batch_import."""
+CONVERT_SCHEMA: Final = MappingProxyType(load_schema(SCHEMA_DIR / "convert.schema.json"))
+"""The request body of convert_timestamps."""
 EVENT_SCHEMA: Final = MappingProxyType(load_schema(SCHEMA_DIR / "event.schema.json"))
 """One event, whatever its type."""
 _EVENT_TYPE_VALIDATOR: Final = compile_schema(EVENT_SCHEMA["properties"]["event_type"])
@@ -77,6 +79,7 @@ PAYLOAD_SCHEMAS: Final[Mapping[str, Mapping[str, Any]]] = MappingProxyType(
 KNOWN_EVENT_TYPES: Final = frozenset(PAYLOAD_SCHEMAS)
 
 BATCH_VALIDATOR: Final = compile_schema(BATCH_SCHEMA)
+CONVERT_VALIDATOR: Final = compile_schema(CONVERT_SCHEMA)
 EVENT_VALIDATOR: Final = compile_schema(EVENT_SCHEMA)
 PAYLOAD_VALIDATORS: Final[Mapping[str, jsonschema_rs.Validator]] = MappingProxyType(
     {name: compile_schema(schema) for name, schema in PAYLOAD_SCHEMAS.items()}

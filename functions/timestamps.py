@@ -50,7 +50,7 @@ import pytz
 
 from functions.errors import TimestampError
 
-__all__ = ["DEFAULT_FUTURE_SKEW", "format_utc", "get_zone", "to_utc", "utc_or_none"]
+__all__ = ["DEFAULT_FUTURE_SKEW", "format_utc", "get_zone", "to_utc"]
 
 DEFAULT_FUTURE_SKEW = timedelta(minutes=5)
 """How far ahead of ``now`` a timestamp may be; the table's check constraint uses the same."""
@@ -102,19 +102,6 @@ def to_utc(
             field="timestamp",
         )
     return moment
-
-
-def utc_or_none(timestamp: object, zone: ZoneInfo | None, latest: datetime) -> datetime | None:
-    """What ``to_utc`` returns for ``timestamp`` read in ``zone`` (the event's or the batch's
-    zone, already found with ``get_zone``), or None where ``to_utc`` would raise. ``latest``
-    is the latest instant allowed: ``to_utc``'s ``now + future_skew``."""
-    if not isinstance(timestamp, str):
-        return None
-    try:
-        moment = _instant(_parse(timestamp), zone, timestamp)
-    except TimestampError:
-        return None
-    return None if moment > latest else moment
 
 
 def format_utc(moment: datetime) -> str:

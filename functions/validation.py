@@ -17,30 +17,35 @@ from __future__ import annotations
 
 import functools
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal, NamedTuple
 
+import jsonschema_rs
+
 from functions import messages, schemas, timestamps
 from functions.canonical import UnstorableValue, canonical_value, compact_json
 from functions.config import Settings
-from functions.errors import MalformedRequest, TimestampError
+from functions.errors import MalformedRequest, PayloadTooLarge, TimestampError
 from functions.ids import derive_event_id
 from functions.messages import FieldError
 
 __all__ = [
     "DEFAULT_FUTURE_SKEW",
     "MAX_ECHOED_EVENT_ID_CHARS",
+    "Conversion",
     "Envelope",
     "FieldError",
     "Mode",
     "NormalisedEvent",
     "Rejection",
+    "convert_all",
     "echoed_event_id",
     "normalise_all",
     "normalise_batch",
     "normalise_event",
+    "parse_conversion",
     "parse_envelope",
 ]
 
@@ -95,9 +100,10 @@ class Rejection:
 # --- the envelope -----------------------------------------------------------------------------
 
 
-def parse_envelope(body: Any) -> Envelope:
-    """Check a decoded request body and return its envelope; a bare array means
-    ``{"events": array}``. Raises MalformedRequest, naming every problem of the envelope."""
+def parse_envelope(body: Any, *, max_events: int | None = None) -> Envelope:
+    """Check a decoded batch_import body and return its envelope; a bare array means
+    ``{"events": array}``. Raises MalformedRequest naming every problem of the envelope, and
+    PayloadTooLarge when it has more than ``max_events`` events."""
     if isinstance(body, list):
         body = {"events": body}
     elif not isinstance(body, dict):
@@ -105,32 +111,16 @@ def parse_envelope(body: Any) -> Envelope:
             "The request body must be a JSON object with an 'events' array, "
             "or a JSON array of events."
         )
-    try:
-        problems = _envelope_problems(body)
-    except (UnicodeEncodeError, ValueError):
-        # jsonschema-rs cannot read unpaired surrogates (JSON lets "\ud800" through), and
-        # raises ValueError past its recursion limit (about 250 levels). Inside an event either
-        # is that event's problem, reported by normalise_event; so the envelope is checked with
-        # its events blanked out, and only what lies outside them fails it.
-        try:
-            problems = _envelope_problems(_without_events(body))
-        except UnicodeEncodeError:
-            raise MalformedRequest(
-                "The batch envelope contains an unpaired UTF-16 surrogate (an escape in "
-                "\\ud800-\\udfff without its pair) outside its events."
-            ) from None
-        except ValueError:
-            raise MalformedRequest(messages.ENVELOPE_TOO_DEEP) from None
-    if problems:
-        raise MalformedRequest("The batch envelope is not valid: " + "; ".join(problems) + ".")
+    _check_body(
+        body, "events", schemas.BATCH_VALIDATOR, messages.envelope_problem, "batch envelope"
+    )
+    _check_count(len(body["events"]), max_events, f"the batch has {len(body['events'])} events")
     default_timezone: str | None = body.get("default_timezone")
     if default_timezone is not None:
         try:
             timestamps.get_zone(default_timezone)
-        except TimestampError:
-            raise MalformedRequest(
-                "default_timezone is not a known IANA time zone name (such as Europe/Berlin)."
-            ) from None
+        except TimestampError as exc:
+            raise MalformedRequest(messages.default_zone_problem(exc.code)) from None
     return Envelope(
         events=body["events"],
         mode=body.get("mode", "partial"),
@@ -138,17 +128,123 @@ def parse_envelope(body: Any) -> Envelope:
     )
 
 
-def _envelope_problems(body: dict[str, Any]) -> list[str]:
-    validator = schemas.BATCH_VALIDATOR
+def _check_body(
+    body: Any,
+    items: str,
+    validator: jsonschema_rs.Validator,
+    problem: Callable[[jsonschema_rs.ValidationError], str],
+    what: str,
+) -> None:
+    """Raise MalformedRequest naming every error of ``body`` against ``validator`` (worded by
+    ``problem``), where ``body[items]`` holds the items that are checked on their own later."""
+    try:
+        problems = _problems(validator, problem, body)
+    except (UnicodeEncodeError, ValueError):
+        # jsonschema-rs cannot read unpaired surrogates (JSON lets "\ud800" through), and
+        # raises ValueError past its recursion limit (about 250 levels). Inside an item either
+        # is that item's problem, reported with it; so the body is checked with its items
+        # blanked out, and only what lies outside them fails it.
+        try:
+            problems = _problems(validator, problem, _without_items(body, items))
+        except UnicodeEncodeError:
+            raise MalformedRequest(
+                f"The {what} contains an unpaired UTF-16 surrogate (an escape in "
+                f"\\ud800-\\udfff without its pair) outside its {items}."
+            ) from None
+        except ValueError:
+            raise MalformedRequest(messages.too_deep_for_schema(what)) from None
+    if problems:
+        raise MalformedRequest(f"The {what} is not valid: " + "; ".join(problems) + ".")
+
+
+def _problems(
+    validator: jsonschema_rs.Validator,
+    problem: Callable[[jsonschema_rs.ValidationError], str],
+    body: Any,
+) -> list[str]:
     if validator.is_valid(body):
         return []
-    return [messages.envelope_problem(error) for error in validator.iter_errors(body)]
+    return [problem(error) for error in validator.iter_errors(body)]
 
 
-def _without_events(body: dict[str, Any]) -> dict[str, Any]:
-    """``body`` with each event replaced by null: what the envelope schema sees of it."""
-    events = body.get("events")
-    return {**body, "events": [None] * len(events)} if isinstance(events, list) else body
+def _without_items(body: Any, items: str) -> Any:
+    """``body`` with each of ``body[items]`` replaced by null: what its schema sees of it."""
+    listed = body.get(items) if isinstance(body, dict) else None
+    return {**body, items: [None] * len(listed)} if isinstance(listed, list) else body
+
+
+def _check_count(count: int, limit: int | None, what: str) -> None:
+    if limit is not None and count > limit:
+        raise PayloadTooLarge(f"{what}; the limit is {limit}")
+
+
+# --- convert_timestamps -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Conversion:
+    """A convert_timestamps body that is valid (``schemas/convert.schema.json``, a known
+    ``default_timezone``); its items have not been looked at yet."""
+
+    items: list[Any]
+    default_timezone: str | None
+
+
+def parse_conversion(body: Any, *, max_items: int | None = None) -> Conversion:
+    """Check a decoded convert_timestamps body. Raises MalformedRequest naming every problem,
+    and PayloadTooLarge when it has more than ``max_items`` items."""
+    _check_body(
+        body, "timestamps", schemas.CONVERT_VALIDATOR, messages.conversion_problem, "request body"
+    )
+    items: list[Any] = body["timestamps"]
+    _check_count(len(items), max_items, f"{len(items)} timestamps")
+    default_timezone: str | None = body.get("default_timezone")
+    if default_timezone is not None:
+        try:
+            timestamps.get_zone(default_timezone)
+        except TimestampError as exc:
+            raise MalformedRequest(f"default_timezone: {exc.message}") from None
+    return Conversion(items, default_timezone)
+
+
+def convert_all(
+    conversion: Conversion, *, now: datetime, future_skew: timedelta = DEFAULT_FUTURE_SKEW
+) -> list[dict[str, Any]]:
+    """The result of each item, in order: ``{"index", "utc"}`` or ``{"index", "error",
+    "message"}``, under the rules of ``functions.timestamps.to_utc``."""
+    return [
+        _convert_one(index, item, conversion.default_timezone, now, future_skew)
+        for index, item in enumerate(conversion.items)
+    ]
+
+
+def _convert_one(
+    index: int, item: Any, default_zone: str | None, now: datetime, skew: timedelta
+) -> dict[str, Any]:
+    if not isinstance(item, dict) or not isinstance(item.get("timestamp"), str):
+        return {
+            "index": index,
+            "error": "invalid_timestamp",
+            "message": messages.CONVERSION_ITEM_NOT_A_TIMESTAMP,
+        }
+    zone = item.get("timezone")
+    if zone is not None and not isinstance(zone, str):
+        return {
+            "index": index,
+            "error": "unknown_timezone",
+            "message": messages.CONVERSION_ZONE_NOT_A_STRING,
+        }
+    try:
+        utc = timestamps.to_utc(
+            item["timestamp"],
+            timezone=zone,
+            default_timezone=default_zone,
+            now=now,
+            future_skew=skew,
+        )
+    except TimestampError as exc:
+        return {"index": index, "error": exc.code, "message": exc.message}
+    return {"index": index, "utc": timestamps.format_utc(utc)}
 
 
 # --- events -----------------------------------------------------------------------------------
@@ -393,8 +489,8 @@ def _resolve_timestamp(
         try:
             timestamps.get_zone(event["timezone"])
             zone = event["timezone"]
-        except TimestampError:
-            errors.append(FieldError("/timezone", messages.UNKNOWN_ZONE))
+        except TimestampError as exc:
+            errors.append(messages.zone_error(exc.code))
             zone_broken = True
 
     raw = event.get("timestamp", _ABSENT)

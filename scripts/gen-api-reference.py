@@ -148,6 +148,7 @@ def render(schemas: Path = SCHEMAS) -> str:
     """The generated section, markers included."""
     event = load(schemas / "event.schema.json")
     batch = load(schemas / "batch.schema.json")
+    convert = load(schemas / "convert.schema.json")
     payloads = payload_schemas(schemas)
     pattern = event["properties"]["event_type"]["pattern"]
     lines = [
@@ -172,6 +173,11 @@ def render(schemas: Path = SCHEMAS) -> str:
     lines.append("")
     lines += schema_section("The batch (body of batch_import)", "schemas/batch.schema.json", batch)
     lines += schema_section("One event", "schemas/event.schema.json", event)
+    lines += schema_section(
+        "The conversion request (body of convert_timestamps)",
+        "schemas/convert.schema.json",
+        convert,
+    )
     for name, path, schema in payloads:
         relative = path.relative_to(schemas.parent).as_posix()
         lines += schema_section(f"Payload of `{name}`", relative, schema)

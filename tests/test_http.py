@@ -331,3 +331,54 @@ def test_verify_service_jwt(make_client: ClientFactory) -> None:
         "not_service_role",
         "authenticated",
     )
+
+
+def test_factory_zone_is_refused_as_naming_no_clock_by_batch_import(
+    db: Database, make_client: ClientFactory
+) -> None:
+    client = make_client("batch_import")
+    per_event = client.post("/", json=[event(timezone="Factory")], headers=auth())
+    assert per_event.status_code == 422
+    (rejection,) = json_body(per_event)["rejected"]
+    (error,) = rejection["errors"]
+    assert error["path"] == "/timezone"
+    assert "names no place's clock" in error["message"]
+    assert "Europe/Berlin" in error["message"]
+    assert "not a known IANA" not in error["message"]
+
+    batch_zone = client.post(
+        "/", json={"events": [event()], "default_timezone": "factory"}, headers=auth()
+    )
+    assert batch_zone.status_code == 400
+    body = json_body(batch_zone)
+    assert body["error"] == "malformed_request"
+    assert "default_timezone names no place's clock" in body["message"]
+    assert "not a known IANA" not in body["message"]
+    assert stored(db) == []
+
+
+def test_factory_zone_is_refused_as_unusable_by_convert_timestamps(
+    make_client: ClientFactory,
+) -> None:
+    client = make_client("convert_timestamps")
+    per_item = client.post(
+        "/",
+        json={"timestamps": [{"timestamp": "2024-12-01T08:30:00", "timezone": "Factory"}]},
+        headers=auth(),
+    )
+    assert per_item.status_code == 200
+    (result,) = json_body(per_item)["results"]
+    assert result["error"] == "unusable_timezone"
+    assert "names no place's clock" in result["message"]
+
+    default = client.post(
+        "/",
+        json={"timestamps": [{"timestamp": "2024-12-01T08:30:00"}], "default_timezone": "Factory"},
+        headers=auth(),
+    )
+    assert default.status_code == 400
+    assert "names no place's clock" in json_body(default)["message"]
+
+    one = client.get("/?timestamp=2024-12-01T08:30:00&timezone=Factory", headers=auth())
+    assert one.status_code == 422
+    assert json_body(one)["error"] == "unusable_timezone"

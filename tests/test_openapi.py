@@ -1,6 +1,7 @@
 """openapi.yaml is valid OpenAPI 3.1 and true to the code: every status it documents is produced
 by the real functions-framework app and answered with the documented body and headers, every
-error code the code can raise is listed, and its request schemas equal the files in schemas/."""
+error code the code can raise is listed, and its request schemas are generated from the files in
+schemas/ and equal to them."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ import ast
 import gzip
 import json
 import re
+import shutil
+import subprocess
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +20,7 @@ from typing import Any
 import jsonschema
 import pytest
 import schemathesis
+import yaml
 from schemathesis.core.result import Err
 from schemathesis.specs.openapi.definitions import OPENAPI_31
 
@@ -41,6 +46,7 @@ from tests.conftest import (
 )
 
 FUNCTIONS = ROOT / "functions"
+GENERATOR = ROOT / "scripts" / "gen-openapi-schemas.py"
 
 
 # --- the document itself --------------------------------------------------------------------
@@ -78,7 +84,7 @@ def test_every_schema_object_is_a_valid_2020_12_schema() -> None:
 
 def test_every_reference_resolves() -> None:
     text = contract.OPENAPI_PATH.read_text(encoding="utf-8")
-    refs = set(re.findall(r'\$ref: "([^"]+)"', text))
+    refs = set(re.findall(r"""\$ref: ["']([^"']+)["']""", text))
     assert refs, "the document uses references"
     for ref in refs:
         assert contract.resolve({"$ref": ref}) is not None, ref
@@ -119,6 +125,44 @@ def test_batch_envelope_is_the_one_in_schemas_with_events_typed() -> None:
     # The one addition: the document says what an event looks like; the code validates each
     # event on its own, so the envelope file leaves items open.
     assert items == {**expected_items, "$ref": "#/components/schemas/Event"}
+
+
+def test_convert_request_is_the_one_in_schemas_with_items_typed() -> None:
+    components = contract.document()["components"]["schemas"]
+    documented = json.loads(json.dumps(components["ConvertRequest"]))
+    items = documented["properties"]["timestamps"].pop("items")
+    expected = _schema_file(ROOT / "schemas" / "convert.schema.json")
+    expected_items = expected["properties"]["timestamps"].pop("items")
+    assert documented == expected
+    assert items == {**expected_items, "$ref": "#/components/schemas/ConvertItem"}
+
+
+def test_generated_schemas_are_what_the_files_produce_now() -> None:
+    run = subprocess.run(
+        [sys.executable, str(GENERATOR), "--check"], capture_output=True, text=True, check=False
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr
+
+
+def test_a_schema_change_makes_the_document_stale_until_regenerated(tmp_path: Path) -> None:
+    schemas_copy = tmp_path / "schemas"
+    shutil.copytree(ROOT / "schemas", schemas_copy)
+    document = tmp_path / "openapi.yaml"
+    shutil.copy(contract.OPENAPI_PATH, document)
+    convert = schemas_copy / "convert.schema.json"
+    schema = json.loads(convert.read_text(encoding="utf-8"))
+    schema["properties"]["default_timezone"]["maxLength"] = 99
+    convert.write_text(json.dumps(schema), encoding="utf-8")
+    args = [sys.executable, str(GENERATOR), "--document", str(document), "--schemas"]
+
+    stale = subprocess.run([*args, str(schemas_copy), "--check"], capture_output=True, text=True)
+    assert stale.returncode == 1
+    assert "maxLength: 99" in stale.stdout
+    subprocess.run([*args, str(schemas_copy)], capture_output=True, check=True)
+    regenerated = yaml.safe_load(document.read_text(encoding="utf-8"))
+    request = regenerated["components"]["schemas"]["ConvertRequest"]
+    assert request["properties"]["default_timezone"]["maxLength"] == 99
+    assert regenerated["paths"] == contract.document()["paths"]
 
 
 def test_every_payload_schema_is_documented() -> None:

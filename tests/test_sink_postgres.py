@@ -221,9 +221,10 @@ def test_no_prepared_statements_are_left_on_the_server(db: Database, sink: Postg
     for _ in range(8):
         sink.write([row()], atomic=False, deadline=soon())
 
-    (conn,) = sink._idle
-    assert conn.prepare_threshold is None
-    assert conn.execute("select count(*) from pg_prepared_statements").fetchone() == (0,)
+    assert sink.pool is not None
+    with sink.pool.connection() as conn:
+        assert conn.prepare_threshold is None
+        assert conn.execute("select count(*) from pg_prepared_statements").fetchone() == (0,)
 
 
 def test_a_wrong_database_url_is_unavailable_quickly() -> None:

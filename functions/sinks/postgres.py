@@ -2,14 +2,18 @@
 
 Why it looks the way it does:
 
-- Connections are opened lazily on the first write and kept in a small pool shared by the
-  threads of the process (Cloud Functions gen2 serves concurrent requests in one process).
-  A connection that broke (idle timeout, failover, ``pg_terminate_backend``) is thrown away,
-  with every idle one (after a restart they are all dead), and the write is retried on a
-  fresh one while the time budget allows, so a lost connection never needs a redeploy.
-- A connection the server refuses for good (wrong password, unknown role or database) is a
-  :class:`StoreError` (502), not retried; only unreachable, starting or full servers are
-  transient (503).
+- Connections come from a ``psycopg_pool.ConnectionPool`` (at most ``max_connections``),
+  shared by the threads of the process (Cloud Functions gen2 serves concurrent requests in one
+  process). The pool is opened lazily, and only after one connection made in the request's
+  own thread succeeded: the pool connects in background threads, where a failure is retried
+  with backoff and never reaches the request, so that first connection is what tells an
+  unreachable server (503, at once) from one that refuses the settings for good (wrong
+  password, unknown role or database: :class:`StoreError`, 502, not retried). Waiting for a
+  pooled connection never outlasts the request's deadline.
+- A connection that broke is discarded by the pool when it comes back. A lost connection
+  (idle timeout, failover, ``pg_terminate_backend``, a restart) closes the whole pool, since
+  after a restart every pooled connection is dead, and the write is retried on a new pool
+  while the time budget allows, so a lost connection never needs a redeploy.
 - ``prepare_threshold=None``: no server-side prepared statements, so the sink works through
   Supavisor in transaction mode, where consecutive transactions may land on different backends.
 - Unknown users are found inside the write's own transaction, so a user deleted meanwhile
@@ -32,6 +36,7 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import psycopg
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from functions.errors import StoreError, StoreUnavailable
 from functions.sinks import (
@@ -124,9 +129,10 @@ class PostgresSink:
         self._max_attempts = max(1, max_attempts)
         self._connect_timeout_s = connect_timeout_s
         self.application_name = application_name
-        self._idle: list[psycopg.Connection[Any]] = []
+        self._max_connections = max_connections
+        self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
         self._lock = threading.Lock()
-        self._slots = threading.BoundedSemaphore(max_connections)
+        self._opening = threading.Lock()
 
     # -- the interface -----------------------------------------------------------------
 
@@ -216,10 +222,12 @@ class PostgresSink:
         self._discard_idle()
 
     def _discard_idle(self) -> None:
+        """Close the pool (its idle connections at once, the ones in use when they come
+        back); the next connection opens a new one."""
         with self._lock:
-            idle, self._idle = self._idle, []
-        for conn in idle:
-            conn.close()
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close(timeout=0)
 
     # -- one attempt ---------------------------------------------------------------------
 
@@ -282,51 +290,66 @@ class PostgresSink:
 
     @contextmanager
     def _connection(self, deadline: float) -> Iterator[psycopg.Connection[Any]]:
-        """A connection for one transaction; returned to the pool unless it broke."""
+        """A pooled connection for one transaction; the pool discards it if it broke.
+
+        A pool closed meanwhile by another request (psycopg_pool.PoolClosed, an
+        OperationalError without SQLSTATE) counts as a lost connection: retried on a new pool.
+        """
+        with self._lock:
+            pool = self._pool
+        if pool is None:
+            pool = self._open_pool(deadline)
         wait = remaining(deadline)
-        if wait <= 0 or not self._slots.acquire(timeout=wait):
+        if wait <= 0:
             raise out_of_time()
-        conn: psycopg.Connection[Any] | None = None
         try:
-            conn = self._take_idle() or self._connect(deadline)
-            yield conn
-        except BaseException:
-            if conn is not None and (conn.broken or conn.closed):
-                conn = None
-            raise
-        finally:
-            if conn is not None:
-                self._give_back(conn)
-            self._slots.release()
+            with pool.connection(timeout=wait) as conn:
+                yield conn
+        except PoolTimeout:
+            raise out_of_time() from None  # every connection busy until the deadline
 
-    def _take_idle(self) -> psycopg.Connection[Any] | None:
-        with self._lock:
-            while self._idle:
-                conn = self._idle.pop()
-                if not conn.closed and not conn.broken:
-                    return conn
-                conn.close()
-        return None
+    @property
+    def pool(self) -> ConnectionPool[psycopg.Connection[Any]] | None:
+        """The open pool, if any (None before the first write and after a lost connection)."""
+        return self._pool
 
-    def _give_back(self, conn: psycopg.Connection[Any]) -> None:
-        idle = psycopg.pq.TransactionStatus.IDLE
-        if conn.closed or conn.broken or conn.info.transaction_status != idle:
-            conn.close()
-            return
-        with self._lock:
-            self._idle.append(conn)
+    def _open_pool(self, deadline: float) -> ConnectionPool[psycopg.Connection[Any]]:
+        """The pool, opened once a connection made here (in the request's thread, within its
+        deadline) succeeded; that connection's failure is raised as it is."""
+        with self._opening:  # one pool for the requests of a cold start, not one each
+            with self._lock:
+                if self._pool is not None:
+                    return self._pool
+            self._connect(deadline).close()
+            pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
+                self._url,
+                kwargs=self._connect_kwargs(self._connect_timeout_s),
+                min_size=1,
+                max_size=self._max_connections,
+                name=self.application_name,
+                open=False,
+            )
+            try:
+                pool.open(wait=True, timeout=max(remaining(deadline), 0.1))
+            except PoolTimeout:  # the pool closed itself
+                raise out_of_time() from None
+            with self._lock:
+                self._pool = pool
+            return pool
+
+    def _connect_kwargs(self, timeout: int) -> dict[str, Any]:
+        return {
+            "autocommit": True,
+            "prepare_threshold": None,
+            "connect_timeout": timeout,
+            "application_name": self.application_name,
+        }
 
     def _connect(self, deadline: float) -> psycopg.Connection[Any]:
         # libpq counts connect_timeout in whole seconds and treats anything below 2 as 2.
         timeout = max(2, min(self._connect_timeout_s, int(remaining(deadline))))
         try:
-            return psycopg.connect(
-                self._url,
-                autocommit=True,
-                prepare_threshold=None,
-                connect_timeout=timeout,
-                application_name=self.application_name,
-            )
+            return psycopg.connect(self._url, **self._connect_kwargs(timeout))
         except psycopg.OperationalError as exc:
             code = _connect_refusal_code(str(exc))
             if code is None:

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from functions.canonical import canonical_value
-from functions.errors import MalformedRequest
+from functions.errors import MalformedRequest, PayloadTooLarge
 from functions.ids import EVENT_ID_NAMESPACE, derive_event_id
 from functions.messages import MAX_NAMED_UNKNOWN_KEYS
 from functions.validation import (
@@ -25,8 +25,10 @@ from functions.validation import (
     FieldError,
     NormalisedEvent,
     Rejection,
+    convert_all,
     normalise_batch,
     normalise_event,
+    parse_conversion,
     parse_envelope,
 )
 
@@ -621,6 +623,79 @@ def test_envelope_names_every_problem() -> None:
     assert "at least one event" in message
     assert "/mode" in message
     assert "'extra'" in message
+
+
+def test_envelope_over_the_event_limit_is_too_large() -> None:
+    with pytest.raises(PayloadTooLarge) as caught:
+        parse_envelope([{}, {}, {}], max_events=2)
+
+    assert caught.value.message == "the batch has 3 events; the limit is 2"
+    assert len(parse_envelope([{}, {}], max_events=2).events) == 2
+
+
+# --- convert_timestamps' body ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        ({}, "must have the 'timestamps' property"),
+        ({"timestamps": []}, "at least one timestamp"),
+        ({"timestamps": "2024-12-01T07:30:00Z"}, "/timestamps must be an array"),
+        ({"timestamps": [{}], "default_timezone": 1}, "/default_timezone must be a string"),
+        ({"timestamps": [{}], "default_timezone": "Nowhere/Special"}, "not a known IANA"),
+        ({"timestamps": [{}], "default_timezone": "Factory"}, "names no place's clock"),
+        ({"timestamps": [{}], "defaut_timezone": "UTC"}, "unknown property 'defaut_timezone'"),
+        ([{"timestamp": "2024-12-01T07:30:00Z"}], "the request body must be an object"),
+        (None, "the request body must be an object"),
+    ],
+)
+def test_malformed_conversion(body: Any, says: str) -> None:
+    with pytest.raises(MalformedRequest) as caught:
+        parse_conversion(body)
+
+    assert says in caught.value.message
+
+
+def test_conversion_messages_do_not_repeat_values() -> None:
+    with pytest.raises(MalformedRequest) as caught:
+        parse_conversion({"timestamps": SECRET, "default_timezone": SECRET * 10})
+
+    assert SECRET not in caught.value.message
+    assert "/timestamps" in caught.value.message
+    assert "/default_timezone" in caught.value.message
+
+
+def test_conversion_over_the_item_limit_is_too_large() -> None:
+    with pytest.raises(PayloadTooLarge) as caught:
+        parse_conversion({"timestamps": [{}, {}, {}]}, max_items=2)
+
+    assert caught.value.message == "3 timestamps; the limit is 2"
+
+
+def test_each_conversion_item_has_its_own_result() -> None:
+    conversion = parse_conversion(
+        {
+            "timestamps": [
+                {"timestamp": "2024-12-01T08:30:00", "timezone": "Europe/Berlin"},
+                {"timestamp": "2024-12-01T08:30:00"},
+                "2024-12-01T08:30:00Z",
+                {"timestamp": "2024-12-01T08:30:00", "timezone": 1},
+                {"timestamp": "\ud800"},
+            ],
+            "default_timezone": "Asia/Kathmandu",
+        }
+    )
+
+    results = convert_all(conversion, now=RECEIVED_AT)
+
+    assert results[0] == {"index": 0, "utc": "2024-12-01T07:30:00Z"}
+    assert results[1] == {"index": 1, "utc": "2024-12-01T02:45:00Z"}
+    assert [r.get("error") for r in results[2:]] == [
+        "invalid_timestamp",
+        "unknown_timezone",
+        "invalid_timestamp",
+    ]
 
 
 def test_batch_keeps_order_and_indexes() -> None:
