@@ -79,6 +79,14 @@ strict
 security definer
 set search_path = ''
 as $$
+    -- Materialized: a subquery in FROM would be pulled up, and the HMAC computed once for
+    -- each of the three places that read it.
+    with macs as materialized (
+        select t.ord,
+               extensions.hmac(pg_catalog.convert_to(t.identity, 'UTF8'), k.key, 'sha256') as mac
+        from pg_catalog.unnest(identities) with ordinality as t(identity, ord)
+        cross join private.engagement_id_key as k
+    )
     select pg_catalog.array_agg(
                pg_catalog.encode(
                    pg_catalog.set_byte(
@@ -88,12 +96,7 @@ as $$
                        8, (pg_catalog.get_byte(d.mac, 8) & 63) | 128),
                    'hex')::uuid
                order by d.ord)
-    from (
-        select t.ord,
-               extensions.hmac(pg_catalog.convert_to(t.identity, 'UTF8'), k.key, 'sha256') as mac
-        from pg_catalog.unnest(identities) with ordinality as t(identity, ord)
-        cross join private.engagement_id_key as k
-    ) as d
+    from macs as d
 $$;
 
 comment on function private.engagement_event_ids(text[]) is
@@ -210,30 +213,27 @@ begin
         -- absent -> inserted (a deletion is stored already deleted); present -> updated only
         -- under the rules of the WHERE clause, which reads the row as it is at that moment,
         -- whatever concurrent requests committed meanwhile.
-        with parsed as (
-            select e.*
-            from rows from (pg_catalog.jsonb_to_recordset(events) as (
-                     "index" integer, id uuid, identity text, user_id uuid, event_type text,
-                     "timestamp" timestamptz, value jsonb, revision bigint, deleted boolean))
-                 with ordinality as e(
-                     "index", id, identity, user_id, event_type, "timestamp", value, revision,
-                     deleted, ord)
-        ),
-        derived as (
-            select private.engagement_event_ids(
-                       array(select p.identity from parsed as p order by p.ord)) as ids
+        -- Decisions are made on the narrow columns; the rest of a decided event is read from
+        -- the batch by position when it is written, so that no sort or stored intermediate
+        -- result carries payloads.
+        with derived as (
+            select private.engagement_event_ids(array(
+                       select t.identity
+                       from rows from (pg_catalog.jsonb_to_recordset(events) as (identity text))
+                            with ordinality as t(identity, ord)
+                       order by t.ord)) as ids
         ),
         incoming as (
-            select p.ord, p."index",
-                   coalesce(p.id, ((select d.ids from derived as d))[p.ord]) as id,
-                   (p.id is null) = (p.identity is null)
-                       or p."index" is null or p.user_id is null
-                       or p.revision not between 0 and 9007199254740991 as malformed,
-                   p.user_id, p.event_type, p."timestamp",
-                   coalesce(p.value, '{}'::jsonb) as value,
-                   p.revision,
-                   coalesce(p.deleted, false) as deleted
-            from parsed as p
+            select e.ord, e."index",
+                   coalesce(e.id, ((select d.ids from derived as d))[e.ord]) as id,
+                   (e.id is null) = (e.identity is null)
+                       or e."index" is null or e.user_id is null
+                       or e.revision not between 0 and 9007199254740991 as malformed,
+                   e.user_id, e.revision, coalesce(e.deleted, false) as deleted
+            from rows from (pg_catalog.jsonb_to_recordset(events) as (
+                     "index" integer, id uuid, identity text, user_id uuid, revision bigint,
+                     deleted boolean))
+                 with ordinality as e("index", id, identity, user_id, revision, deleted, ord)
         ),
         missing as (
             select m.id
@@ -276,8 +276,11 @@ begin
         written as (
             insert into public.engagement_events as e
                 (id, user_id, "timestamp", event_type, value, revision, is_deleted)
-            select r.id, r.user_id, r."timestamp", r.event_type, r.value, r.revision, r.deleted
+            select r.id, r.user_id, (x.event ->> 'timestamp')::timestamptz,
+                   x.event ->> 'event_type', coalesce(x.event -> 'value', '{}'::jsonb),
+                   r.revision, r.deleted
             from ranked as r
+            cross join lateral (select events -> (r.ord - 1)::integer as event) as x
             where r.owned and r.winner
               and not (select v.blocked or v.malformed from verdict as v)
             order by r.id
