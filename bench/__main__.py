@@ -23,6 +23,7 @@ BENCHMARKS: dict[str, str] = {
     "realtime": "bench.realtime",
     "queries": "bench.queries",
     "growth": "bench.growth",
+    "small": "bench.small",
 }
 
 

@@ -10,10 +10,10 @@ other database. The order alternates between repetitions; medians are reported.
 
 The breakdown times the handler's stages in-process with the handler's own code: reading and
 parsing the body (``functions.http.read_json``), the rate limit's round trip
-(``PostgresSink.take_rate_limit``), the per-event size check (``handlers._oversized``, after validation),
-validation (``functions.validation``, by the quick route the handler takes) less conversion,
-conversion (the difference to validating the same events without timestamp and zone), and the
-sink's write (``PostgresSink.write``); what the HTTP
+(``PostgresSink.take_rate_limit``), validation (``functions.validation.normalise_all`` as the
+handler calls it, with its per-event size check) less conversion, conversion (the difference
+to validating the same events without timestamp and zone), and the sink's write
+(``PostgresSink.write``); what the HTTP
 round trip costs beyond their sum is HTTP and gunicorn, the framework, authentication, the
 response and its log line.
 """
@@ -36,8 +36,8 @@ import psycopg
 from werkzeug.test import EnvironBuilder
 
 from bench import common
-from functions import handlers, validation
 from functions import http as fhttp
+from functions import validation
 from functions.config import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_EVENT_BYTES
 from functions.sinks import postgres as sink_sql
 from functions.sinks.postgres import PostgresSink
@@ -137,37 +137,34 @@ def breakdown(body: bytes, sink: PostgresSink) -> dict[str, float]:
     rate_limit = time.perf_counter() - started
 
     received_at = datetime.now(UTC)
+    limit = DEFAULT_MAX_EVENT_BYTES
+    max_event_bytes = None if fhttp.body_at_most(request, limit) else limit  # as the handler
     started = time.perf_counter()
     envelope = validation.parse_envelope(parsed)
-    with validation.collection_paused():
-        rows = validation.normalise_all(
-            envelope.events, default_timezone=envelope.default_timezone, received_at=received_at
-        )
+    rows = validation.normalise_all(
+        envelope.events,
+        default_timezone=envelope.default_timezone,
+        received_at=received_at,
+        max_event_bytes=max_event_bytes,
+    )
     validate_and_convert = time.perf_counter() - started
+    if any(isinstance(row, validation.Rejection) for row in rows):
+        raise RuntimeError("generated events were rejected")
 
-    started = time.perf_counter()
-    check_sizes = handlers._events_may_exceed(request, DEFAULT_MAX_EVENT_BYTES)  # once, as there
-    oversized = [
-        index
-        for index, (event, outcome) in enumerate(zip(envelope.events, rows, strict=True))
-        if check_sizes and handlers._oversized(event, outcome, DEFAULT_MAX_EVENT_BYTES)
-    ]
-    size_check = time.perf_counter() - started
-    if oversized:
-        raise RuntimeError("generated events over the size limit")
-
-    # The conversion happens inside validation's loop (compiled or not), so its share is the
-    # difference to validating the same events without timestamp and zone (which then take the
-    # time of receipt, converting nothing).
+    # The conversion happens inside validation's loop, so its share is the difference to
+    # validating the same events without timestamp and zone (which then take the time of
+    # receipt, converting nothing).
     undated = [
         {key: value for key, value in event.items() if key not in ("timestamp", "timezone")}
         for event in envelope.events
     ]
     started = time.perf_counter()
-    with validation.collection_paused():
-        validation.normalise_all(
-            undated, default_timezone=envelope.default_timezone, received_at=received_at
-        )
+    validation.normalise_all(
+        undated,
+        default_timezone=envelope.default_timezone,
+        received_at=received_at,
+        max_event_bytes=max_event_bytes,
+    )
     convert = max(validate_and_convert - (time.perf_counter() - started), 0.0)
 
     valid = [row for row in rows if isinstance(row, validation.NormalisedEvent)]
@@ -179,7 +176,6 @@ def breakdown(body: bytes, sink: PostgresSink) -> dict[str, float]:
     return {
         "parse": parse,
         "rate_limit": rate_limit,
-        "size_check": size_check,
         "validate": validate_and_convert - convert,
         "convert": convert,
         "write": write,

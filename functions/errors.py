@@ -92,6 +92,7 @@ class TimestampError(EngagementError):
     """A timestamp cannot be converted to UTC.
 
     ``code`` is one of: ``invalid_timestamp``, ``missing_timezone``, ``unknown_timezone``,
+    ``unusable_timezone`` (a real zone name that names no place's clock: ``Factory``),
     ``nonexistent_local_time`` (inside a DST gap), ``ambiguous_local_time`` (inside a DST
     overlap), ``timestamp_in_future``. ``field`` names the input at fault (``timestamp``,
     ``timezone`` or ``default_timezone``) so callers can build a JSON pointer.

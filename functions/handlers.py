@@ -6,10 +6,7 @@ settings and on first use for clients, and reused by every request this instance
 
 from __future__ import annotations
 
-import base64
 import functools
-import hashlib
-import json
 import logging
 import os
 import time
@@ -20,7 +17,7 @@ from typing import Any
 
 import flask
 
-from functions import dead_letter, http, log, timestamps, validation
+from functions import dead_letter, http, log, rate_limit, timestamps, validation
 from functions.config import Settings
 from functions.errors import (
     AuthError,
@@ -28,17 +25,14 @@ from functions.errors import (
     MalformedRequest,
     NotServiceRole,
     PayloadTooLarge,
-    RateLimited,
     StoreError,
     TimestampError,
 )
-from functions.service_auth import Credential, ServiceAuthenticator, bearer_token
+from functions.messages import FieldError
+from functions.service_auth import Credential, ServiceAuthenticator, presented_credential
 from functions.sinks import Sink
 
 logger = logging.getLogger(__name__)
-
-_GOOGLE_ISSUERS = frozenset({"https://accounts.google.com", "accounts.google.com"})
-"""Issuers of the ID tokens Cloud Scheduler (and other Google callers) send."""
 
 
 @dataclass
@@ -78,22 +72,13 @@ def state() -> _State:
 
 
 def prepare() -> None:
-    """Cold start: set up logging and read the configuration, failing with one clear line;
-    batch_import also says which route validation takes (compiled or pure Python)."""
+    """Cold start: set up logging and read the configuration, failing with one clear line."""
     log.setup()
     try:
         state()
     except EngagementError as exc:
         logger.critical("configuration error: %s", exc.message)
         raise
-    if os.environ.get("FUNCTION_TARGET", "batch_import") == "batch_import":
-        logger.info(
-            "event validation: %s",
-            "compiled quick route (engagement-accel)"
-            if validation.QUICK_ROUTE == "compiled"
-            else f"pure-Python route ({validation.QUICK_ROUTE_WHY_NOT}; valid events are "
-            "checked about half as fast)",
-        )
 
 
 def _serve(
@@ -124,29 +109,7 @@ def _serve(
 
 
 def _credential_of(request: flask.Request) -> str:
-    """The bearer token, or the `apikey` header (as Supabase clients send secret keys) when there
-    is no Authorization header or when it carries a Google ID token: Cloud Scheduler puts its
-    OIDC token there for Cloud Run's IAM check, so its Supabase credential travels in `apikey`."""
-    authorization = request.headers.get("Authorization")
-    apikey = request.headers.get("apikey", "").strip()
-    if apikey and (authorization is None or _is_google_id_token(authorization)):
-        return apikey
-    return bearer_token(authorization)
-
-
-def _is_google_id_token(authorization: str) -> bool:
-    """Whether the bearer token's (unverified) issuer is Google. It is never used as a
-    credential: it only decides that `apikey` holds the credential to check."""
-    scheme, _, token = authorization.strip().partition(" ")
-    segments = token.strip().split(".")
-    if scheme.lower() != "bearer" or len(segments) != 3:
-        return False
-    payload = segments[1] + "=" * (-len(segments[1]) % 4)
-    try:
-        claims = json.loads(base64.urlsafe_b64decode(payload))
-    except (ValueError, RecursionError):  # not base64url JSON, so not a Google token either
-        return False
-    return isinstance(claims, dict) and claims.get("iss") in _GOOGLE_ISSUERS
+    return presented_credential(request.headers.get("Authorization"), request.headers.get("apikey"))
 
 
 def _authenticate(request: flask.Request, st: _State) -> Credential:
@@ -171,30 +134,25 @@ def _batch_import(request: flask.Request, st: _State, request_id: str) -> flask.
             f"the batch has {len(envelope.events)} events; the limit is {settings.max_batch_events}"
         )
     deadline = time.monotonic() + settings.time_budget_seconds
-    _take_rate_limit(st, _caller_of(request, credential), len(envelope.events), deadline)
-    received_at = datetime.now(UTC)
-    skew = timedelta(seconds=settings.future_skew_seconds)
+    caller = rate_limit.caller_of(credential, _credential_of(request))
+    rate_limit.take(st.sink, settings, caller, len(envelope.events), deadline)
     limit = settings.max_event_bytes
-    check_sizes = _events_may_exceed(request, limit)
+    outcomes = validation.normalise_all(
+        envelope.events,
+        default_timezone=envelope.default_timezone,
+        received_at=datetime.now(UTC),
+        future_skew=timedelta(seconds=settings.future_skew_seconds),
+        max_event_bytes=None if http.body_at_most(request, limit) else limit,
+    )
     valid: list[validation.NormalisedEvent] = []
     positions: list[int] = []  # index in the request of each valid event
     rejected: list[validation.Rejection] = []
-    with validation.collection_paused():
-        outcomes = validation.normalise_all(
-            envelope.events,
-            default_timezone=envelope.default_timezone,
-            received_at=received_at,
-            future_skew=skew,
-        )
-        for index, (event, outcome) in enumerate(zip(envelope.events, outcomes, strict=True)):
-            if check_sizes and _oversized(event, outcome, limit):
-                # An oversized event is rejected for its size alone, valid or not.
-                rejected.append(_oversized_rejection(index, event, limit))
-            elif isinstance(outcome, validation.Rejection):
-                rejected.append(outcome)
-            else:
-                valid.append(outcome)
-                positions.append(index)
+    for index, outcome in enumerate(outcomes):
+        if isinstance(outcome, validation.Rejection):
+            rejected.append(outcome)
+        else:
+            valid.append(outcome)
+            positions.append(index)
 
     atomic = envelope.mode == "atomic"
     inserted = duplicates = 0
@@ -244,90 +202,11 @@ def _batch_import(request: flask.Request, st: _State, request_id: str) -> flask.
     return response
 
 
-def _caller_of(request: flask.Request, credential: Credential) -> str:
-    """Whom the rate limit counts: one caller per secret key, per JWT subject, and one for all
-    service-role JWTs without a subject. A hash, so the database never sees a credential."""
-    if credential.key_type == "secret_key":
-        identity = _credential_of(request)
-    else:
-        identity = credential.subject or "service_role"
-    return caller_name(credential.key_type, identity)
-
-
-def caller_name(key_type: str, identity: str) -> str:
-    """The rate limit's name for a caller: the key type and a hash of who it is."""
-    digest = hashlib.sha256(f"{key_type}:{identity}".encode()).hexdigest()
-    return f"{key_type}:{digest[:32]}"
-
-
-def _take_rate_limit(st: _State, caller: str, events: int, deadline: float) -> None:
-    settings = st.settings
-    if not (settings.rate_limit_requests_per_minute or settings.rate_limit_events_per_minute):
-        return
-    wait = st.sink.take_rate_limit(
-        caller,
-        events,
-        requests_per_minute=settings.rate_limit_requests_per_minute,
-        events_per_minute=settings.rate_limit_events_per_minute,
-        deadline=deadline,
-    )
-    if wait > 0:
-        limits = [
-            f"{limit} {unit}"
-            for limit, unit in (
-                (settings.rate_limit_requests_per_minute, "requests"),
-                (settings.rate_limit_events_per_minute, "events"),
-            )
-            if limit
-        ]
-        raise RateLimited(
-            f"this caller is over its rate limit of {' or '.join(limits)} per minute; "
-            f"retry in {wait} s",
-            retry_after=wait,
-        )
-
-
-def _events_may_exceed(request: flask.Request, limit: int) -> bool:
-    """False when the whole body fits in one event's limit: then no event can exceed it."""
-    body_size = request.content_length or 0
-    identity = request.headers.get("Content-Encoding", "identity").lower() == "identity"
-    return not (identity and 0 < body_size <= limit)
-
-
-# What a valid event holds besides `value`, at most: its keys and punctuation, two UUIDs,
-# event_type, timestamp and timezone of at most 64 ASCII characters each (schemas/event.schema.json).
-_VALID_EVENT_FIELDS_MAX_BYTES = 512
-
-
-def _oversized(
-    event: Any, outcome: validation.NormalisedEvent | validation.Rejection, limit: int
-) -> bool:
-    """Whether ``event`` is larger than ``limit`` bytes as compact JSON.
-
-    A valid event's size is bounded by its value's canonical JSON (UTF-8 takes at most 4 bytes
-    a character) plus its other fields, so most events need no second encoding; the rest are
-    measured exactly.
-    """
-    if isinstance(outcome, validation.NormalisedEvent) and outcome.value_json is not None:
-        bound = 4 * len(outcome.value_json) + _VALID_EVENT_FIELDS_MAX_BYTES
-        if bound <= limit:
-            return False
-    return len(validation.compact_json(event).encode(errors="surrogatepass")) > limit
-
-
-def _oversized_rejection(index: int, event: Any, limit: int) -> validation.Rejection:
-    return validation.Rejection(
-        index=index,
-        event_id=validation.echoed_event_id(event),
-        errors=(validation.FieldError("", f"the event is larger than the limit of {limit} bytes"),),
-    )
-
-
 def _unknown_user_rejection(index: int, sent: list[Any]) -> validation.Rejection:
     return validation.Rejection(
         index=index,
         event_id=validation.echoed_event_id(sent[index]),
-        errors=(validation.FieldError("/user_id", "user_id is not a user of this project"),),
+        errors=(FieldError("/user_id", "user_id is not a user of this project"),),
     )
 
 
@@ -421,16 +300,11 @@ def _verify_service_jwt(request: flask.Request, st: _State, request_id: str) -> 
         token = body["token"]
     try:
         credential = st.authenticator.require_service_role(token or _credential_of(request))
-    except NotServiceRole as exc:
-        return http.json_response(
-            {"valid": False, "error": exc.code, "message": exc.message, "role": exc.role},
-            403,
-            request_id,
-        )
     except AuthError as exc:
-        return http.json_response(
-            {"valid": False, "error": exc.code, "message": exc.message}, 401, request_id
-        )
+        answer: dict[str, Any] = {"valid": False, "error": exc.code, "message": exc.message}
+        if isinstance(exc, NotServiceRole):
+            answer["role"] = exc.role
+        return http.json_response(answer, http.status_for(exc), request_id)
     expires = credential.expires_at
     return http.json_response(
         {

@@ -117,6 +117,15 @@ def compressed_ceiling(max_body_bytes: int) -> int:
     return max_body_bytes + max_body_bytes // 4096 + 1024
 
 
+def body_at_most(request: flask.Request, limit: int) -> bool:
+    """Whether the request's body is known to be at most ``limit`` bytes once decoded: it was
+    sent uncompressed with a Content-Length of at most ``limit``. Then no part of it can be
+    larger either."""
+    body_size = request.content_length or 0
+    identity = request.headers.get("Content-Encoding", "identity").lower() == "identity"
+    return identity and 0 < body_size <= limit
+
+
 def _read_limited(request: flask.Request, ceiling: int) -> bytes:
     stream = request.stream
     parts: list[bytes] = []

@@ -16,10 +16,15 @@ with a leeway of 30 s, as PostgREST does. ``aud`` is not checked: legacy service
 none and user tokens carry ``authenticated``; the ``role`` claim decides, and only
 ``service_role`` passes :meth:`ServiceAuthenticator.require_service_role`.
 Error messages name claims and algorithms, never a token, a key or a secret.
+
+Which header holds the credential (:func:`presented_credential`): ``Authorization: Bearer``,
+or ``apikey`` when there is no Authorization header or it carries a Google ID token (Cloud
+Scheduler's OIDC token for Cloud Run's IAM check).
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import http.client
@@ -143,6 +148,37 @@ def bearer_token(authorization: str | None) -> str:
             code="malformed",
         )
     return parts[1]
+
+
+GOOGLE_ISSUERS: Final = frozenset({"https://accounts.google.com", "accounts.google.com"})
+"""Issuers of the ID tokens Cloud Scheduler (and other Google callers) send."""
+
+
+def presented_credential(authorization: str | None, apikey: str | None) -> str:
+    """The credential a request presents, from its ``Authorization`` and ``apikey`` headers:
+    the bearer token (see :func:`bearer_token`), or ``apikey`` (as Supabase clients send
+    secret keys) when there is no Authorization header or when it carries a Google ID token.
+    Cloud Scheduler puts its OIDC token in Authorization for Cloud Run's IAM check, so its
+    Supabase credential travels in ``apikey``."""
+    key = (apikey or "").strip()
+    if key and (authorization is None or _is_google_id_token(authorization)):
+        return key
+    return bearer_token(authorization)
+
+
+def _is_google_id_token(authorization: str) -> bool:
+    """Whether the bearer token's (unverified) issuer is Google. It is never used as a
+    credential: it only decides that ``apikey`` holds the credential to check."""
+    scheme, _, token = authorization.strip().partition(" ")
+    segments = token.strip().split(".")
+    if scheme.lower() != "bearer" or len(segments) != 3:
+        return False
+    payload = segments[1] + "=" * (-len(segments[1]) % 4)
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(payload))
+    except (ValueError, RecursionError):  # not base64url JSON, so not a Google token either
+        return False
+    return isinstance(claims, dict) and claims.get("iss") in GOOGLE_ISSUERS
 
 
 class ServiceAuthenticator:

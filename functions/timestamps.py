@@ -1,15 +1,27 @@
-"""Timestamps to UTC under the ingestion rules (pytz time zones).
+"""Timestamps to UTC under the ingestion rules (IANA time zones, exact to the second).
 
 Rules, shared by ``batch_import`` and ``convert_timestamps``:
 
 - A timestamp with an explicit offset or ``Z`` is taken as is and converted to UTC.
 - A timestamp without offset is read in ``timezone`` (IANA name) if given, else in
-  ``default_timezone``, else rejected (``missing_timezone``). Local times inside a DST gap
-  (``nonexistent_local_time``) or overlap (``ambiguous_local_time``) are rejected, never guessed.
+  ``default_timezone``, else rejected (``missing_timezone``). Local times inside a clock
+  change's gap (``nonexistent_local_time``) or overlap (``ambiguous_local_time``) are rejected,
+  never guessed.
 - A zone name that is given is always checked, even when the offset makes it unused: a typo
   is a bug the caller wants to hear about (``unknown_timezone``). Names match case-insensitively.
-  A batch should check its ``default_timezone`` once with ``get_zone`` before its events.
+  ``Factory``, tzdata's zone for "local time not set", names no place's clock and is refused
+  (``unusable_timezone``). A batch should check its ``default_timezone`` once with ``get_zone``
+  before its events.
 - More than ``future_skew`` (5 minutes) after ``now`` is rejected (``timestamp_in_future``).
+
+Zones: pytz is the project's zone database (its release fixes which IANA rules apply), but its
+tzinfo classes round UTC offsets to whole minutes (Africa/Monrovia's -00:44:30 until 1972 becomes
+-00:44) and apply no daylight saving after 2037. So ``get_zone`` builds the standard library's
+``zoneinfo.ZoneInfo`` from the TZif file pytz bundles (``pytz.open_resource``): offsets to the
+second, and the file's POSIX TZ footer for instants after its last listed transition. A local
+time is read the PEP 495 way: its ``fold=0`` and ``fold=1`` readings agree outside clock changes;
+where they differ it lies in a gap (the reading does not convert back to the same wall time) or
+in an overlap.
 
 Accepted text (RFC 3339 plus common ISO 8601 relaxations), anything else is
 ``invalid_timestamp``::
@@ -30,15 +42,15 @@ from __future__ import annotations
 
 import functools
 import re
-from bisect import bisect_right
 from calendar import monthrange
-from datetime import UTC, datetime, timedelta, tzinfo
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytz
 
 from functions.errors import TimestampError
 
-__all__ = ["DEFAULT_FUTURE_SKEW", "format_utc", "get_zone", "to_utc"]
+__all__ = ["DEFAULT_FUTURE_SKEW", "format_utc", "get_zone", "to_utc", "utc_or_none"]
 
 DEFAULT_FUTURE_SKEW = timedelta(minutes=5)
 """How far ahead of ``now`` a timestamp may be; the table's check constraint uses the same."""
@@ -50,10 +62,7 @@ _DATE_TIME = r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:[.
 _SHAPE = re.compile(_DATE_TIME + r"(?:[Zz]|[+-](?:[01][0-9]|2[0-3])(?::?[0-5][0-9])?)?")
 _LOOSE_SHAPE = re.compile(_DATE_TIME + r"(?:[Zz]|[+-][0-9]{2}(?::?[0-9]{2})?)?")
 _BARE_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
-_SHAPE_MATCH = _SHAPE.fullmatch
-_FROM_ISO = datetime.fromisoformat
 _EXAMPLE = "2024-12-01T07:30:00Z"
-_DAY = timedelta(days=1)
 _SECOND = timedelta(seconds=1)
 _JSON_TYPES = {
     type(None): "null",
@@ -82,23 +91,7 @@ def to_utc(
     parsed = _parse(timestamp)
     zone = None if timezone is None else _zone(timezone, "timezone")
     default = None if default_timezone is None else _zone(default_timezone, "default_timezone")
-
-    if parsed.tzinfo is not None:
-        try:
-            moment = parsed.astimezone(UTC)
-        except OverflowError:
-            raise _out_of_range(timestamp) from None
-    else:
-        local_zone = zone if zone is not None else default
-        if local_zone is None:
-            raise TimestampError(
-                f"{timestamp} has no UTC offset and no time zone was given; add an offset "
-                "(such as Z or +01:00), a timezone or a default_timezone",
-                code="missing_timezone",
-                field="timestamp",
-            )
-        moment = _localize(parsed, local_zone, timestamp)
-
+    moment = _instant(parsed, zone if zone is not None else default, timestamp)
     if now is None:
         now = datetime.now(UTC)
     if moment - now > future_skew:
@@ -111,68 +104,17 @@ def to_utc(
     return moment
 
 
-def utc_or_none(
-    timestamp: object, zone: pytz.BaseTzInfo | None, latest: datetime
-) -> datetime | None:
+def utc_or_none(timestamp: object, zone: ZoneInfo | None, latest: datetime) -> datetime | None:
     """What ``to_utc`` returns for ``timestamp`` read in ``zone`` (the event's or the batch's
     zone, already found with ``get_zone``), or None where ``to_utc`` would raise. ``latest``
-    is the latest instant allowed: ``to_utc``'s ``now + future_skew``.
-
-    The quick route of a valid event: no zone lookups, no messages. A caller that gets None
-    calls ``to_utc`` for the error, so only the accepting path is duplicated here.
-    """
-    if not isinstance(timestamp, str) or _SHAPE_MATCH(timestamp) is None:
+    is the latest instant allowed: ``to_utc``'s ``now + future_skew``."""
+    if not isinstance(timestamp, str):
         return None
-    text = timestamp
-    if text[10] == "t" or text[-1] == "z":
-        text = text.upper()
     try:
-        if text[-1] == "Z":
-            moment = _FROM_ISO(text)  # tzinfo is datetime.UTC itself
-        elif text[-6] in "+-":
-            # A ±hh:mm offset (in any other shape the sixth character from the end is a digit,
-            # ":", "T" or " "): the local part less the offset, without a tzinfo per event.
-            suffix = text[-6:]
-            offset = _SUFFIX_OFFSETS.get(suffix)
-            if offset is None:
-                offset = _suffix_offset(suffix)
-            moment = _UTC_MIN + (_FROM_ISO(text[:-6]) - offset - _NAIVE_MIN)
-        else:
-            parsed = _FROM_ISO(text)
-            if parsed.tzinfo is not None:
-                moment = parsed.astimezone(UTC)
-            elif zone is None:
-                return None
-            else:
-                steady = _steady_offset(zone, parsed)
-                moment = (
-                    # Near a clock change: _localize without its messages (an error here is
-                    # worded by to_utc on the caller's full route).
-                    zone.localize(parsed, is_dst=None).astimezone(UTC)
-                    if steady is None
-                    else _UTC_MIN + (parsed - steady - _NAIVE_MIN)
-                )
-    except (ValueError, OverflowError, pytz.InvalidTimeError):
+        moment = _instant(_parse(timestamp), zone, timestamp)
+    except TimestampError:
         return None
-    if moment > latest:
-        return None
-    return moment
-
-
-_UTC_MIN = datetime.min.replace(tzinfo=UTC)
-_NAIVE_MIN = datetime.min
-# A naive UTC time t becomes aware as _UTC_MIN + (t - _NAIVE_MIN): two C operations instead of
-# t.replace(tzinfo=UTC), whose keyword parsing costs ten times as much.
-_SUFFIX_OFFSETS: dict[str, timedelta] = {}
-"""The offsets of the ``±hh:mm`` suffixes seen so far (at most 2 x 24 x 60 of them)."""
-
-
-def _suffix_offset(suffix: str) -> timedelta:
-    offset = timedelta(hours=int(suffix[1:3]), minutes=int(suffix[4:6]))
-    if suffix[0] == "-":
-        offset = -offset
-    _SUFFIX_OFFSETS[suffix] = offset
-    return offset
+    return None if moment > latest else moment
 
 
 def format_utc(moment: datetime) -> str:
@@ -187,17 +129,37 @@ def format_utc(moment: datetime) -> str:
 
 
 @functools.lru_cache(maxsize=1024)
-def get_zone(name: str) -> pytz.BaseTzInfo:
-    """The pytz zone called ``name`` (IANA, case-insensitive), cached.
+def get_zone(name: str) -> ZoneInfo:
+    """The zone called ``name`` (IANA, case-insensitive; its ``key`` is the canonical name),
+    cached.
 
-    Unknown names raise ``TimestampError`` with code ``unknown_timezone`` and field ``timezone``.
+    Unknown names raise ``TimestampError`` with code ``unknown_timezone``, ``Factory`` one with
+    code ``unusable_timezone``; both with field ``timezone``.
     """
     try:
-        return pytz.timezone(name)
+        canonical = pytz.timezone(name).zone
     except pytz.UnknownTimeZoneError:
-        raise TimestampError(
-            _unknown_zone_message(name), code="unknown_timezone", field="timezone"
-        ) from None
+        canonical = None
+    if canonical is None:
+        if name.lower() == "factory":  # in pytz's files, but not among its zone names
+            raise TimestampError(
+                "Factory is not a usable time zone: tzdata gives that name to machines whose "
+                "local time zone was never set, so it names no place's clock; give the IANA "
+                "name of the place, such as Europe/Berlin",
+                code="unusable_timezone",
+                field="timezone",
+            )
+        raise TimestampError(_unknown_zone_message(name), code="unknown_timezone", field="timezone")
+    return _zone_from_database(canonical)
+
+
+@functools.cache
+def _zone_from_database(name: str) -> ZoneInfo:
+    """The zone ``name`` (canonical) read from the TZif file in pytz's database; one per name."""
+    # open_resource is pytz's own reader of its database (it honours PYTZ_TZDATADIR and the
+    # system database of distributions that unbundle it); types-pytz does not declare it.
+    with pytz.open_resource(name) as data:  # type: ignore[attr-defined]
+        return ZoneInfo.from_file(data, key=name)
 
 
 def _parse(timestamp: object) -> datetime:
@@ -218,7 +180,7 @@ def _parse(timestamp: object) -> datetime:
         raise TimestampError(_invalid_field_message(timestamp), field="timestamp") from None
 
 
-def _zone(name: object, field: str) -> pytz.BaseTzInfo:
+def _zone(name: object, field: str) -> ZoneInfo:
     """``get_zone`` for the input called ``field``, whose errors then name that field."""
     if not isinstance(name, str):
         raise TimestampError(
@@ -234,135 +196,91 @@ def _zone(name: object, field: str) -> pytz.BaseTzInfo:
         raise
 
 
-def _localize(local: datetime, zone: pytz.BaseTzInfo, timestamp: str) -> datetime:
-    """Read the naive ``local`` as wall-clock time in ``zone``, in UTC."""
+def _instant(parsed: datetime, zone: ZoneInfo | None, timestamp: str) -> datetime:
+    """The UTC instant of ``parsed``: as is when it has an offset, else read in ``zone``."""
     try:
-        offset = _steady_offset(zone, local)
-        if offset is not None:
-            return (local - offset).replace(tzinfo=UTC)
-        return zone.localize(local, is_dst=None).astimezone(UTC)
-    except pytz.NonExistentTimeError:
-        raise TimestampError(
-            _transition_message(local, zone, timestamp),
-            code="nonexistent_local_time",
-            field="timestamp",
-        ) from None
-    except pytz.AmbiguousTimeError:
-        raise TimestampError(
-            _transition_message(local, zone, timestamp),
-            code="ambiguous_local_time",
-            field="timestamp",
-        ) from None
+        if parsed.tzinfo is not None:
+            return parsed.astimezone(UTC)
+        if zone is None:
+            raise TimestampError(
+                f"{timestamp} has no UTC offset and no time zone was given; add an offset "
+                "(such as Z or +01:00), a timezone or a default_timezone",
+                code="missing_timezone",
+                field="timestamp",
+            )
+        return _local_to_utc(parsed, zone, timestamp)
     except OverflowError:
         raise _out_of_range(timestamp) from None
 
 
-def _steady_offset(zone: pytz.BaseTzInfo, local: datetime) -> timedelta | None:
-    """The UTC offset of ``local`` in ``zone`` when no clock change is near it, else None.
+def _local_to_utc(local: datetime, zone: ZoneInfo, timestamp: str) -> datetime:
+    """Read the naive ``local`` as wall-clock time in ``zone``, in UTC.
 
-    ``zone.localize(local, is_dst=None)`` costs about 25 us: it tries the zone's periods a day
-    before and after ``local`` and normalises each candidate. When no transition of the zone
-    falls within a day of ``local`` (compared the way pytz compares, naive local against its
-    UTC transition times) both tries land in the same period, the local time is that period's
-    offset away from UTC, and it is neither in a gap nor in an overlap: pytz would return
-    exactly ``local - offset``. Found here with two bisections of pytz's own transition table;
-    every other case (near a change, zones without a table, the ends of the calendar) is left
-    to ``localize``, so gaps and overlaps are detected exactly as before.
+    ``fold=0`` reads ``local`` with the offset in force before a clock change near it,
+    ``fold=1`` with the one after; outside clock changes both are the same.
     """
-    transitions = getattr(zone, "_utc_transition_times", None)
-    periods = getattr(zone, "_transition_info", None)
-    if transitions is None or periods is None:
-        return None
-    try:
-        low, high = local - _DAY, local + _DAY
-    except OverflowError:
-        return None
-    index = bisect_right(transitions, low)
-    if index != bisect_right(transitions, high):
-        return None
-    offset: timedelta = periods[max(0, index - 1)][0]
-    return offset
+    earlier, later = local.replace(tzinfo=zone, fold=0), local.replace(tzinfo=zone, fold=1)
+    offset = _offset(earlier)
+    if offset == _offset(later):
+        return (local - offset).replace(tzinfo=UTC)
+    # In an overlap the earlier reading is a real instant, so it converts back to ``local``;
+    # in a gap it lands after the change, at another wall time.
+    round_trip = earlier.astimezone(UTC).astimezone(zone).replace(tzinfo=None)
+    code = "ambiguous_local_time" if round_trip == local else "nonexistent_local_time"
+    raise TimestampError(
+        _transition_message(local, zone, code, timestamp), code=code, field="timestamp"
+    )
 
 
 # Everything below runs only on the error path.
 
 
-def _transition_message(local: datetime, zone: pytz.BaseTzInfo, timestamp: str) -> str:
-    """Say which clock change makes ``local`` non-existent or ambiguous in ``zone``."""
-    name = zone.zone
-    change = _find_transition(local, zone)
-    if change is None:  # not expected: pytz found a gap or overlap, so there is a change
-        return f"{timestamp} does not name a single instant in {name} (DST gap or overlap)"
-    before, after = change
-    offset_before, offset_after = _offset(before), _offset(after)
-    kind = "DST " if before.dst() != after.dst() else ""
-    wall_after = after.replace(tzinfo=None)
-    clocks = _clock_change(wall_after - offset_after + offset_before, wall_after)
-    names = f"{before.tzname()} to {after.tzname()}"
-    if offset_after > offset_before:
+def _transition_message(local: datetime, zone: ZoneInfo, code: str, timestamp: str) -> str:
+    """Say which clock change puts the wall time ``local`` in a gap or an overlap of ``zone``."""
+    earlier, later = local.replace(tzinfo=zone, fold=0), local.replace(tzinfo=zone, fold=1)
+    before, after = _offset(earlier), _offset(later)
+    change = _change_instant(local, zone, before, after)
+    clocks = ""
+    if change is not None:
+        wall = change.replace(tzinfo=None)
+        clocks = " " + _clock_change(wall + before, wall + after)
+    kind = "DST " if earlier.dst() != later.dst() else ""
+    names = f"{earlier.tzname()} to {later.tzname()}"
+    if code == "nonexistent_local_time":
         return (
-            f"{timestamp} does not exist in {name}: it falls in the {kind}gap when clocks "
-            f"jump forward {clocks} ({names})"
+            f"{timestamp} does not exist in {zone.key}: it falls in the {kind}gap when clocks "
+            f"jump forward{clocks} ({names})"
+        )
+    if before % timedelta(minutes=1) == after % timedelta(minutes=1) == timedelta(0):
+        which = f"add an explicit UTC offset ({_format_offset(before)} or {_format_offset(after)})"
+    else:  # an offset with seconds cannot be written in an accepted timestamp
+        which = (
+            f"send it in UTC (the offsets are {_format_offset(before)} and {_format_offset(after)})"
         )
     return (
-        f"{timestamp} is ambiguous in {name}: it falls in the {kind}overlap when clocks fall "
-        f"back {clocks} ({names}), so it happens twice; add an explicit UTC offset "
-        f"({_format_offset(offset_before)} or {_format_offset(offset_after)}) to say which"
+        f"{timestamp} is ambiguous in {zone.key}: it falls in the {kind}overlap when clocks fall "
+        f"back{clocks} ({names}), so it happens twice; {which} to say which"
     )
 
 
-def _find_transition(local: datetime, zone: tzinfo) -> tuple[datetime, datetime] | None:
-    """The zone's local times one second before and at the clock change ``local`` falls in."""
-    change = _table_transition(local, zone)
-    if change is None:
-        return _searched_transition(local, zone)
-    return (change - _SECOND).astimezone(zone), change.astimezone(zone)
-
-
-def _table_transition(local: datetime, zone: tzinfo) -> datetime | None:
-    """The clock change near ``local`` read from pytz's own transition table (UTC), when that
-    table lists exactly one change of the UTC offset within a day of ``local`` (compared as
-    pytz compares, naive local against UTC); else None. A few microseconds where
-    :func:`_searched_transition` takes about 60."""
-    transitions = getattr(zone, "_utc_transition_times", None)
-    periods = getattr(zone, "_transition_info", None)
-    if transitions is None or periods is None:
-        return None
-    try:
-        first = bisect_right(transitions, local - _DAY)
-        last = bisect_right(transitions, local + _DAY)
-    except OverflowError:
-        return None
-    changes = [
-        index for index in range(max(first, 1), last) if periods[index][0] != periods[index - 1][0]
-    ]
-    if len(changes) != 1:
-        return None
-    moment: datetime = transitions[changes[0]]
-    return _UTC_MIN + (moment - _NAIVE_MIN)
-
-
-def _searched_transition(local: datetime, zone: tzinfo) -> tuple[datetime, datetime] | None:
-    """:func:`_find_transition` by bisection over the zone's offsets, second by second."""
-    # Clock changes fall on whole seconds; offsets differ by less than a day.
-    as_utc = local.replace(tzinfo=UTC, microsecond=0)
-    offsets = {_offset_at(as_utc + day, zone) for day in (-_DAY, _DAY)}
-    if len(offsets) != 2:
-        return None
-    small, large = sorted(offsets)
-    low = as_utc - large  # the change lies in (low, low + hi seconds]
-    old_offset = _offset_at(low, zone)
-    lo, hi = 0, int((large - small).total_seconds()) + 1
-    if _offset_at(low + hi * _SECOND, zone) == old_offset:
+def _change_instant(
+    local: datetime, zone: ZoneInfo, before: timedelta, after: timedelta
+) -> datetime | None:
+    """The UTC instant at which ``zone`` changes from offset ``before`` to ``after`` around the
+    wall time ``local`` (which lies in that change's gap or overlap), or None if no single
+    change is found there."""
+    # Clock changes fall on whole seconds, at some instant in (local - max, local - min].
+    low = local.replace(microsecond=0, tzinfo=UTC) - max(before, after)
+    lo, hi = 0, int(abs(after - before).total_seconds())
+    if _offset_at(low, zone) != before or _offset_at(low + hi * _SECOND, zone) != after:
         return None
     while hi - lo > 1:
         middle = (lo + hi) // 2
-        if _offset_at(low + middle * _SECOND, zone) == old_offset:
+        if _offset_at(low + middle * _SECOND, zone) == before:
             lo = middle
         else:
             hi = middle
-    change = low + hi * _SECOND
-    return (change - _SECOND).astimezone(zone), change.astimezone(zone)
+    return low + hi * _SECOND
 
 
 def _clock_change(start: datetime, end: datetime) -> str:
@@ -378,7 +296,7 @@ def _wall(moment: datetime) -> str:
     return moment.strftime("%H:%M:%S" if moment.second else "%H:%M")
 
 
-def _offset_at(utc_moment: datetime, zone: tzinfo) -> timedelta:
+def _offset_at(utc_moment: datetime, zone: ZoneInfo) -> timedelta:
     return _offset(utc_moment.astimezone(zone))
 
 
@@ -390,10 +308,13 @@ def _offset(moment: datetime) -> timedelta:
 
 
 def _format_offset(offset: timedelta) -> str:
+    """``+05:45``, or ``-00:44:30`` for an offset with seconds."""
     seconds = int(offset.total_seconds())
     sign = "-" if seconds < 0 else "+"
-    hours, minutes = divmod(abs(seconds) // 60, 60)
-    return f"{sign}{hours:02d}:{minutes:02d}"
+    minutes, second = divmod(abs(seconds), 60)
+    hours, minute = divmod(minutes, 60)
+    text = f"{sign}{hours:02d}:{minute:02d}"
+    return f"{text}:{second:02d}" if second else text
 
 
 def _out_of_range(timestamp: str) -> TimestampError:

@@ -71,7 +71,7 @@ Try what a signed-in user sees (PostgREST does exactly this per request):
     '{{"sub":"a1a1a1a1-0000-4000-8000-000000000001","role":"authenticated"}}', true);
   select event_type, count(*) from engagement_events group by 1;
   rollback;
-{functions_local.describe(servers, db.url()) if servers else ""}
+{functions_local.describe(servers, db.url(), str(psql)) if servers else ""}
 Press Ctrl-C to stop; the database and its files are removed.""",
             flush=True,
         )

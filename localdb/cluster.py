@@ -10,6 +10,7 @@ created by Debian's PostgreSQL packages, or `LOCALDB_OS_USER`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import pwd
 import shutil
@@ -39,6 +40,10 @@ or dropped while they are open."""
 
 PREFERRED_MAJORS = (15, 16, 17)
 
+OUTPUT_PLUGINS = ("pgoutput", "test_decoding", "wal2json")
+"""The logical decoding plugins replication slots may use here: PostgreSQL's own two and
+wal2json (what Realtime and the monitoring's lag check decode with)."""
+
 
 class LocalDbError(RuntimeError):
     """The local database could not be started or prepared."""
@@ -60,6 +65,33 @@ def find_bindir() -> Path:
         "no PostgreSQL server binaries found under /usr/lib/postgresql/{15,16,17}/bin; "
         "run scripts/setup.sh (it installs postgresql-15) or set PG_BINDIR"
     )
+
+
+@functools.cache
+def server_settings(bindir: Path) -> frozenset[str]:
+    """The names of the settings the server binary in `bindir` knows.
+
+    Minor releases add settings: `output_plugin_libraries` (15.19 on 15, and the minor releases
+    of the other majors that came out with it) must name wal2json before a slot may use it, and
+    a server without it refuses to start with it set.
+    The binary itself says which it knows (`postgres --describe-config` needs no data directory
+    and may run as root).
+    """
+    described = subprocess.run(
+        [str(bindir / "postgres"), "--describe-config"],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "LC_ALL": "C.UTF-8"},
+    )
+    return frozenset(line.split("\t", 1)[0] for line in described.stdout.splitlines() if line)
+
+
+def version_settings(bindir: Path) -> list[str]:
+    """The settings that depend on the server's minor release, for the ones it knows."""
+    if "output_plugin_libraries" in server_settings(bindir):
+        return [f"output_plugin_libraries={','.join(OUTPUT_PLUGINS)}"]
+    return []
 
 
 def free_port() -> int:
@@ -290,6 +322,7 @@ def start(
         f"max_connections={max_connections}",
         "shared_buffers=256MB",
         "timezone=UTC",
+        *version_settings(bindir),
         *(() if durable else ("fsync=off", "synchronous_commit=off", "full_page_writes=off")),
         *extra_settings,
     ]

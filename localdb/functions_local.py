@@ -10,11 +10,10 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 
 import jwt
@@ -91,6 +90,11 @@ def start(
 
 
 def _wait_until_listening(server: FunctionServer, timeout: float = 30.0) -> None:
+    """Wait until the server accepts connections on its port.
+
+    A TCP connection is enough: functions-framework loads the function before it binds the
+    port. An HTTP probe would be answered (405, 401) and logged like a caller's error.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
@@ -98,10 +102,8 @@ def _wait_until_listening(server: FunctionServer, timeout: float = 30.0) -> None
                 f"{server.target} exited with {server.process.returncode}; see its log above"
             )
         try:
-            urllib.request.urlopen(server.url, timeout=1)  # noqa: S310 - loopback URL we built
+            socket.create_connection(("127.0.0.1", server.port), timeout=1).close()
             return
-        except urllib.error.HTTPError:
-            return  # it answered (401/405): it is up
         except OSError:
             time.sleep(0.1)
     server.stop()
@@ -121,7 +123,8 @@ def serve(database_url: str) -> list[FunctionServer]:
     return servers
 
 
-def describe(servers: list[FunctionServer], database_url: str) -> str:
+def describe(servers: list[FunctionServer], database_url: str, psql: str = "psql") -> str:
+    """The commands to try the served functions with, each of which works as printed."""
     by_target = {s.target: s for s in servers}
     token = mint_service_token(servers[0].jwt_secret)
     batch = json.dumps(
@@ -143,6 +146,9 @@ def describe(servers: list[FunctionServer], database_url: str) -> str:
             ]
         }
     )
+    convert = by_target["convert_timestamps"].url
+    # -w '\n': the functions' JSON answers end without a newline; the shell prompt then
+    # starts on a line of its own.
     lines = ["", "Functions serving (direct sink into the database above):"]
     for target in TARGETS:
         lines.append(f"  {target:<20} {by_target[target].url}")
@@ -150,17 +156,22 @@ def describe(servers: list[FunctionServer], database_url: str) -> str:
         "",
         "Import a small batch with a service-role token minted for this run's JWT secret:",
         f"  export TOKEN={token}",
-        f"  curl -sS -X POST {by_target['batch_import'].url} \\",
+        f"  curl -sS -w '\\n' -X POST {by_target['batch_import'].url} \\",
         '    -H "Authorization: Bearer $TOKEN" -H "Content-Type: application/json" \\',
         f"    -d '{batch}'",
         "",
         "Then see them arrive:",
-        f'  psql "{database_url}" -c "select user_id, timestamp, event_type, value'
+        f'  {psql} "{database_url}" -c "select user_id, timestamp, event_type, value'
         " from engagement_events where timestamp >= '2025-01-01' order by timestamp\"",
         "",
-        "Check the token, convert a timestamp:",
-        f'  curl -sS {by_target["verify_service_jwt"].url} -H "Authorization: Bearer $TOKEN"',
-        f"  curl -sS '{by_target['convert_timestamps'].url}?timestamp=2024-03-10T02:30:00&timezone=America/New_York'"
+        "Check the token, convert a local time to UTC (07:30 in New York on 10 March 2024 is 11:30Z):",
+        f"  curl -sS -w '\\n' {by_target['verify_service_jwt'].url} -H \"Authorization: Bearer $TOKEN\"",
+        f"  curl -sS -w '\\n' '{convert}?timestamp=2024-03-10T07:30:00&timezone=America/New_York'"
+        ' -H "Authorization: Bearer $TOKEN"',
+        "",
+        "A local time that never happened is refused, on purpose: 02:30 that morning falls in the",
+        "gap when New York's clocks jumped from 02:00 to 03:00 (the answer is nonexistent_local_time):",
+        f"  curl -sS -w '\\n' '{convert}?timestamp=2024-03-10T02:30:00&timezone=America/New_York'"
         ' -H "Authorization: Bearer $TOKEN"',
     ]
     return "\n".join(lines) + "\n"

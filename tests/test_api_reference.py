@@ -15,7 +15,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,11 +27,10 @@ import jwt
 import psycopg
 import pytest
 
-from functions import handlers, validation
+from functions import schemas, validation
 from localdb.api_roles import request_as
 from localdb.cluster import ROOT
-from tests.conftest import Database
-from tests.flask_app import create_app, forget_function_state
+from tests.conftest import AppFactory, Database
 
 DOC = ROOT / "docs" / "api-usage.md"
 SCRIPT = ROOT / "scripts" / "gen-api-reference.py"
@@ -155,7 +154,7 @@ def events_in_document() -> list[tuple[str, Any]]:
 def test_the_examples_show_every_known_event_type() -> None:
     shown = {e["event_type"] for _, e in events_in_document()}
     shown |= {kind for kind, _ in dart_payloads()}
-    assert shown >= set(validation.PAYLOAD_SCHEMAS)
+    assert shown >= set(schemas.PAYLOAD_SCHEMAS)
 
 
 def test_every_event_shown_passes_validation_except_the_one_shown_as_rejected() -> None:
@@ -238,15 +237,12 @@ class Services:
 
 
 @pytest.fixture
-def services(db: Database, monkeypatch: pytest.MonkeyPatch) -> Iterator[Services]:
+def services(db: Database, function_app: AppFactory, monkeypatch: pytest.MonkeyPatch) -> Services:
+    env = {"SUPABASE_JWT_SECRET": SECRET, "DATABASE_URL": db.url, "SUPABASE_URL": None}
+    apps = {name: function_app(name, **env) for name in FUNCTIONS}
+    # One instance's state serves the three apps: configured as batch_import's (with a sink).
     monkeypatch.setenv("FUNCTION_TARGET", "batch_import")
-    monkeypatch.setenv("SUPABASE_JWT_SECRET", SECRET)
-    monkeypatch.setenv("DATABASE_URL", db.url)
-    monkeypatch.delenv("SUPABASE_URL", raising=False)
-    handlers.state.cache_clear()
-    apps = {name: create_app(name) for name in FUNCTIONS}
-    yield Services(apps)
-    forget_function_state()
+    return Services(apps)
 
 
 @dataclass

@@ -14,9 +14,7 @@ import pytest
 from functions import replay
 from localdb.api_roles import request_as
 from localdb.cluster import ROOT
-from tests.conftest import Database
-from tests.flask_app import json_body
-from tests.test_http import ANA, BEN, ClientFactory, auth, event, make_client  # noqa: F401
+from tests.conftest import ANA, ClientFactory, Database, auth, event, json_body
 
 NEWCOMER = "c3c3c3c3-0000-4000-8000-0000000000aa"
 

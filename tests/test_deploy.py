@@ -18,17 +18,14 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from functions import handlers
 from localdb.cluster import ROOT
-from tests.conftest import Database
-from tests.flask_app import create_app
+from tests.conftest import AppFactory, Database
 
 DEPLOY = ROOT / "deploy.sh"
 PROJECT = "engagement-prod-1"
@@ -701,20 +698,15 @@ def _google_id_token(audience: str) -> str:
 
 
 @pytest.fixture
-def scheduler_target(db: Database, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+def scheduler_target(db: Database, function_app: AppFactory) -> Any:
     """batch_import configured as deploy.sh configures it (direct sink, scheduler key)."""
-    monkeypatch.setenv("FUNCTION_TARGET", "batch_import")
-    monkeypatch.setenv("DATABASE_URL", db.url)
-    monkeypatch.setenv("SUPABASE_SECRET_KEYS", SECRETS["SUPABASE_SECRET_KEYS"])
-    monkeypatch.delenv("SUPABASE_JWT_SECRET", raising=False)
-    monkeypatch.delenv("SUPABASE_URL", raising=False)
-    handlers.state.cache_clear()
-    app = create_app("batch_import")
-    yield app.test_client()
-    sink = handlers.state()._sink if handlers.state.cache_info().currsize else None
-    if sink is not None:
-        sink.close()
-    handlers.state.cache_clear()
+    return function_app(
+        "batch_import",
+        DATABASE_URL=db.url,
+        SUPABASE_SECRET_KEYS=SECRETS["SUPABASE_SECRET_KEYS"],
+        SUPABASE_JWT_SECRET=None,
+        SUPABASE_URL=None,
+    ).test_client()
 
 
 @pytest.mark.db
@@ -854,13 +846,8 @@ def test_gcloudignore_uploads_the_code_and_schemas_only() -> None:
         "functions/sinks/postgres.py",
         "schemas/batch.schema.json",
         "schemas/events/steps_import.schema.json",
-        "accelerator/engagement_accel.c",
-        "accelerator/setup.py",
-        "accelerator/pyproject.toml",
     ]
     left_out = [
-        "accelerator/build/lib.linux-x86_64-cpython-311/engagement_accel.cpython-311-x86_64-linux-gnu.so",
-        "accelerator/engagement_accel.egg-info/PKG-INFO",
         "tests/test_deploy.py",
         "tests/data/x.json",
         "docs/deployment.md",
@@ -889,17 +876,14 @@ def test_gcloudignore_uploads_the_code_and_schemas_only() -> None:
 
 
 def test_every_file_the_functions_read_is_uploaded() -> None:
-    """The schemas are read at runtime from schemas/ beside the package, and requirements.txt
-    names accelerator/, which the build compiles: each file must upload."""
+    """The schemas are read at runtime from schemas/ beside the package: each file must
+    upload."""
     rules = _gcloudignore_rules()
     files = [
         ROOT / "main.py",
         ROOT / "requirements.txt",
         *sorted((ROOT / "functions").rglob("*.py")),
         *sorted((ROOT / "schemas").rglob("*.json")),
-        ROOT / "accelerator" / "engagement_accel.c",
-        ROOT / "accelerator" / "setup.py",
-        ROOT / "accelerator" / "pyproject.toml",
     ]
     needed = [p.relative_to(ROOT).as_posix() for p in files if "__pycache__" not in p.parts]
     assert len(needed) > 10

@@ -8,8 +8,7 @@ import psycopg
 import pytest
 
 from localdb.api_roles import request_as
-from tests.conftest import Database
-from tests.test_http import ANA, BEN, ClientFactory, auth, event, make_client  # noqa: F401
+from tests.conftest import ANA, BEN, ClientFactory, Database, auth, event
 
 
 def scalar(db: Database, query: str, params: tuple[Any, ...] = ()) -> Any:

@@ -23,8 +23,7 @@ from werkzeug.test import TestResponse
 from functions import handlers
 from functions.sinks.postgres import APPLICATION_NAME, PostgresSink
 from localdb import cluster as localcluster
-from tests.conftest import TEMPLATE, Database
-from tests.flask_app import create_app, forget_function_state, json_body
+from tests.conftest import TEMPLATE, AppFactory, Database, json_body
 
 pytestmark = pytest.mark.db
 
@@ -131,22 +130,19 @@ ServeApp = Callable[..., FlaskClient]
 
 
 @pytest.fixture
-def serve(monkeypatch: pytest.MonkeyPatch) -> Iterator[ServeApp]:
+def serve(function_app: AppFactory) -> ServeApp:
     """A factory of batch_import apps (functions-framework) with the direct sink on a URL."""
 
     def factory(database_url: str, **env: str) -> FlaskClient:
-        monkeypatch.setenv("FUNCTION_TARGET", "batch_import")
-        monkeypatch.setenv("SUPABASE_JWT_SECRET", SECRET)
-        monkeypatch.setenv("DATABASE_URL", database_url)
-        monkeypatch.delenv("SUPABASE_URL", raising=False)
-        for name, value in env.items():
-            monkeypatch.setenv(name, value)
-        handlers.state.cache_clear()
-        app = create_app("batch_import")
-        return app.test_client()
+        return function_app(
+            "batch_import",
+            SUPABASE_JWT_SECRET=SECRET,
+            DATABASE_URL=database_url,
+            SUPABASE_URL=None,
+            **env,
+        ).test_client()
 
-    yield factory
-    forget_function_state()
+    return factory
 
 
 @pytest.fixture(scope="module")

@@ -29,9 +29,8 @@ import pytest
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from functions import handlers
 from tests import json_http
-from tests.flask_app import create_app, forget_function_state, json_body
+from tests.conftest import AppFactory, json_body
 
 SECRET = "rest-fault-test-jwt-secret-with-at-least-32-characters"
 KEY = "service-role-key-for-rest-fault-tests"
@@ -235,23 +234,20 @@ ServeApp = Callable[..., FlaskClient]
 
 
 @pytest.fixture
-def serve(stand_in: StandIn, monkeypatch: pytest.MonkeyPatch) -> Iterator[ServeApp]:
+def serve(stand_in: StandIn, function_app: AppFactory) -> ServeApp:
     """A batch_import app (functions-framework) whose REST sink writes to the stand-in."""
 
     def factory(**env: str) -> FlaskClient:
-        monkeypatch.setenv("FUNCTION_TARGET", "batch_import")
-        monkeypatch.setenv("SUPABASE_JWT_SECRET", SECRET)
-        monkeypatch.setenv("SUPABASE_URL", stand_in.url)
-        monkeypatch.setenv("SUPABASE_SERVICE_ROLE_KEY", KEY)
-        monkeypatch.delenv("DATABASE_URL", raising=False)
-        for name, value in env.items():
-            monkeypatch.setenv(name, value)
-        handlers.state.cache_clear()
-        app = create_app("batch_import")
-        return app.test_client()
+        return function_app(
+            "batch_import",
+            SUPABASE_JWT_SECRET=SECRET,
+            SUPABASE_URL=stand_in.url,
+            SUPABASE_SERVICE_ROLE_KEY=KEY,
+            DATABASE_URL=None,
+            **env,
+        ).test_client()
 
-    yield factory
-    forget_function_state()
+    return factory
 
 
 def auth() -> dict[str, str]:

@@ -12,7 +12,6 @@ module runs in seconds.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import hypothesis
@@ -29,11 +28,18 @@ from schemathesis.specs.openapi.checks import (
 )
 from werkzeug.exceptions import NotFound
 
-from functions import handlers
 from tests import openapi_contract as contract
-from tests.conftest import Database
-from tests.flask_app import create_app, forget_function_state, json_body
-from tests.test_http import ANA, BEN, SECRET, event, stored, token
+from tests.conftest import (
+    ANA,
+    BEN,
+    SECRET,
+    AppFactory,
+    Database,
+    event,
+    json_body,
+    stored,
+    token,
+)
 
 EXAMPLES_PER_OPERATION = 20
 """Generated requests, at most, per operation and generation mode (9 runs)."""
@@ -76,18 +82,15 @@ class _Functions:
 
 
 @pytest.fixture
-def functions_app(db: Database, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+def functions_app(db: Database, function_app: AppFactory) -> Any:
     """The three functions as one WSGI app, each under its own name, as on cloudfunctions.net."""
-    monkeypatch.setenv("SUPABASE_JWT_SECRET", SECRET)
-    monkeypatch.setenv("DATABASE_URL", db.url)
-    monkeypatch.delenv("SUPABASE_URL", raising=False)
-    mounts: dict[str, Any] = {}
-    for target in ("batch_import", "convert_timestamps", "verify_service_jwt"):
-        monkeypatch.setenv("FUNCTION_TARGET", target)
-        handlers.state.cache_clear()
-        mounts[target] = create_app(target)
-    yield _Functions(mounts)
-    forget_function_state()
+    env = {"SUPABASE_JWT_SECRET": SECRET, "DATABASE_URL": db.url, "SUPABASE_URL": None}
+    return _Functions(
+        {
+            target: function_app(target, **env)
+            for target in ("batch_import", "convert_timestamps", "verify_service_jwt")
+        }
+    )
 
 
 def _owned_by_known_users(body: Any) -> None:
@@ -141,7 +144,12 @@ RUNS = [
     ("path", "method", "mode"), RUNS, ids=[f"{m} {p} {g.value}" for p, m, g in RUNS]
 )
 def test_generated_requests_get_documented_answers(
-    functions_app: Any, db: Database, path: str, method: str, mode: GenerationMode
+    functions_app: Any,
+    function_app: AppFactory,
+    db: Database,
+    path: str,
+    method: str,
+    mode: GenerationMode,
 ) -> None:
     operation = SCHEMA[path][method]
     strategy = operation.as_strategy(
@@ -168,7 +176,7 @@ def test_generated_requests_get_documented_answers(
     run()
     assert statuses, "requests were generated and sent"
     # The server is still healthy: a valid batch imports and is stored.
-    client = create_app("batch_import").test_client()
+    client = function_app("batch_import").test_client()
     healthy = client.post(
         "/",
         json=[event(timestamp="2025-07-01T09:00:00Z", timezone=None, value={"platform": "web"})],

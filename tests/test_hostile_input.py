@@ -16,15 +16,14 @@ from flask.testing import FlaskClient
 
 from functions.http import compressed_ceiling
 from tests import openapi_contract as contract
-from tests.conftest import Database
-from tests.flask_app import json_body
-from tests.test_http import (  # noqa: F401 - make_client is a fixture used by name
+from tests.conftest import (
     ANA,
     BEN,
     ClientFactory,
+    Database,
     auth,
     event,
-    make_client,
+    json_body,
     stored,
 )
 

@@ -5,73 +5,23 @@ from __future__ import annotations
 
 import gzip
 import json
-import time
 import uuid
-from collections.abc import Callable, Iterator
 from typing import Any
 
-import jwt
 import pytest
-from flask.testing import FlaskClient
 
-from functions import handlers
 from localdb.cluster import free_port
-from tests.conftest import Database
-from tests.flask_app import create_app, forget_function_state, json_body
-
-SECRET = "local-test-jwt-secret-with-at-least-32-characters"
-ANA = "a1a1a1a1-0000-4000-8000-000000000001"
-BEN = "b2b2b2b2-0000-4000-8000-000000000002"
-
-
-def token(role: str = "service_role", *, secret: str = SECRET, exp_in: int = 3600) -> str:
-    now = int(time.time())
-    return jwt.encode({"role": role, "iat": now, "exp": now + exp_in}, secret, algorithm="HS256")
-
-
-def auth(role: str = "service_role") -> dict[str, str]:
-    return {"Authorization": f"Bearer {token(role)}"}
-
-
-ClientFactory = Callable[..., FlaskClient]
-
-
-@pytest.fixture
-def make_client(db: Database, monkeypatch: pytest.MonkeyPatch) -> Iterator[ClientFactory]:
-    def factory(target: str, **env: str) -> FlaskClient:
-        monkeypatch.setenv("FUNCTION_TARGET", target)
-        monkeypatch.setenv("SUPABASE_JWT_SECRET", SECRET)
-        monkeypatch.setenv("DATABASE_URL", env.pop("DATABASE_URL", db.url))
-        monkeypatch.delenv("SUPABASE_URL", raising=False)
-        for name, value in env.items():
-            monkeypatch.setenv(name, value)
-        handlers.state.cache_clear()
-        app = create_app(target)
-        return app.test_client()
-
-    yield factory
-    forget_function_state()
-
-
-def event(**overrides: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {
-        "user_id": ANA,
-        "event_type": "app_open",
-        "timestamp": "2025-06-01T07:30:00",
-        "timezone": "America/New_York",
-        "value": {"platform": "ios"},
-    }
-    base.update(overrides)
-    return {k: v for k, v in base.items() if v is not None}
-
-
-def stored(db: Database, *, since: str = "2025-01-01T00:00:00Z") -> list[tuple[Any, ...]]:
-    with db.connect() as conn:
-        return conn.execute(
-            "select user_id::text, timestamp, event_type, value from public.engagement_events"
-            " where timestamp >= %s order by timestamp, user_id",
-            (since,),
-        ).fetchall()
+from tests.conftest import (
+    ANA,
+    BEN,
+    ClientFactory,
+    Database,
+    auth,
+    event,
+    json_body,
+    stored,
+    token,
+)
 
 
 def test_batch_is_stored_in_utc_and_answered_with_counts(

@@ -9,7 +9,6 @@ import re
 import signal
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
 import psycopg
@@ -68,6 +67,46 @@ def test_cluster_is_ready_for_logical_decoding_and_has_extensions(db: Database) 
         assert conn.execute(
             "select pubowner::regrole::text from pg_publication where pubname = 'supabase_realtime'"
         ).fetchone() == ("postgres",)
+
+
+def test_replication_slots_may_decode_with_wal2json(cluster: localcluster.Cluster) -> None:
+    """Realtime's plugin is allowed on every minor release, old (no allow-list) or new."""
+    with cluster.admin() as admin:
+        known = admin.execute(
+            "select count(*) from pg_settings where name = 'output_plugin_libraries'"
+        ).fetchone()
+        if known == (1,):
+            allowed = admin.execute("show output_plugin_libraries").fetchone()
+            assert allowed is not None
+            assert {part.strip() for part in str(allowed[0]).split(",")} == {
+                "pgoutput",
+                "test_decoding",
+                "wal2json",
+            }
+        admin.execute("select pg_create_logical_replication_slot('wal2json_allowed', 'wal2json')")
+        admin.execute("select pg_drop_replication_slot('wal2json_allowed')")
+
+
+def test_settings_of_newer_minor_releases_are_given_only_to_servers_that_know_them(
+    tmp_path: Path,
+) -> None:
+    """A server older than 15.19 refuses to start with output_plugin_libraries set."""
+    real = localcluster.find_bindir()
+    older = tmp_path / "older"
+    older.mkdir()
+    described = subprocess.run(
+        [str(real / "postgres"), "--describe-config"], capture_output=True, text=True, check=True
+    ).stdout
+    without = "".join(
+        line
+        for line in described.splitlines(keepends=True)
+        if not line.startswith("output_plugin_libraries\t")
+    )
+    (older / "described.txt").write_text(without)
+    fake = older / "postgres"
+    fake.write_text(f'#!/bin/sh\nexec cat "{older / "described.txt"}"\n')
+    fake.chmod(0o755)
+    assert localcluster.version_settings(older) == []
 
 
 @pytest.mark.parametrize(
@@ -217,6 +256,7 @@ def test_seeded_user_reads_only_their_events_through_the_api_role(db: Database) 
     assert owners == [(ANA,)]
 
 
+@pytest.mark.db  # starts a cluster of its own
 def test_cluster_stops_cleanly_and_leaves_nothing_behind() -> None:
     db_cluster = localcluster.start()
     pid, basedir = db_cluster.process.pid, db_cluster.basedir
@@ -227,6 +267,25 @@ def test_cluster_stops_cleanly_and_leaves_nothing_behind() -> None:
         os.kill(pid, 0)
 
 
+def _printed_commands(text: str) -> list[str]:
+    """The shell commands of the printed banner (indented lines; backslash continuations
+    joined), from the first `export TOKEN=` on."""
+    start = text.index("  export TOKEN=")
+    commands: list[str] = []
+    pending = ""
+    for line in text[start:].splitlines():
+        if not line.startswith("  ") and not pending:
+            continue
+        pending += line.strip()
+        if pending.endswith("\\"):
+            pending = pending[:-1] + " "
+            continue
+        commands.append(pending)
+        pending = ""
+    return commands
+
+
+@pytest.mark.db  # python -m localdb starts a cluster
 def test_local_run_command_serves_the_seeded_database_and_cleans_up() -> None:
     """What the README's first command runs after setup: `python -m localdb`."""
     process = subprocess.Popen(
@@ -244,26 +303,43 @@ def test_local_run_command_serves_the_seeded_database_and_cleans_up() -> None:
             if "Press Ctrl-C" in line:
                 break
         text = "".join(seen)
+        # The readiness checks of the function servers are not requests: nothing logs an
+        # answer (405, 401) before anyone has called.
+        assert "answered" not in text, text
         match = re.search(r"DATABASE_URL=(\S+)", text)
         assert match, text
         with psycopg.connect(match[1]) as conn:
             assert conn.execute("select count(*) from public.engagement_events").fetchone() == (
                 5000,
             )
-        # The printed curl works: same URL, token and batch, and the events arrive.
-        token = re.search(r"export TOKEN=(\S+)", text)
-        url = re.search(r"curl -sS -X POST (\S+)", text)
-        batch = re.search(r"-d '(.+)'", text)
-        assert token, text
-        assert url, text
-        assert batch, text
-        request = urllib.request.Request(  # noqa: S310 - loopback URL the command printed
-            url[1],
-            data=batch[1].encode(),
-            headers={"Authorization": f"Bearer {token[1]}", "Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=30) as answer:  # noqa: S310
-            assert json.loads(answer.read())["inserted"] == 2
+        # Every printed command works as printed, in one shell, in the order printed.
+        commands = _printed_commands(text)
+        assert commands[0].startswith("export TOKEN="), commands
+        curls = [c for c in commands if c.startswith("curl ")]
+        psqls = [c for c in commands if " -c " in c and "psql" in c]
+        assert len(curls) == 4, commands
+        assert len(psqls) == 1, commands
+        answers: list[str] = []
+        for curl in curls:
+            ran = subprocess.run(
+                ["bash", "-c", f"{commands[0]}\n{curl}"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=True,
+            )
+            assert ran.stdout.endswith("}\n"), (curl, ran.stdout)  # ends on a line of its own
+            answers.append(ran.stdout)
+        imported, checked, converted, in_gap = (json.loads(a) for a in answers)
+        assert imported["inserted"] == 2, imported
+        assert checked["valid"] is True, checked
+        assert checked["role"] == "service_role", checked
+        assert converted["utc"] == "2024-03-10T11:30:00Z", converted
+        assert in_gap["error"] == "nonexistent_local_time", in_gap
+        arrived = subprocess.run(
+            ["bash", "-c", psqls[0]], capture_output=True, text=True, timeout=60, check=True
+        ).stdout
+        assert "(2 rows)" in arrived, arrived
         with psycopg.connect(match[1]) as conn:
             assert conn.execute("select count(*) from public.engagement_events").fetchone() == (
                 5002,

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import stat
 import subprocess
 import sys
@@ -25,12 +26,11 @@ import pytest
 import yaml
 from flask.testing import FlaskClient
 
-from functions import handlers, log
+from functions import log
 from localdb import cluster as localcluster
 from localdb.api_roles import request_as
 from localdb.cluster import ROOT
-from tests.conftest import Database
-from tests.flask_app import create_app, forget_function_state
+from tests.conftest import AppFactory, Database
 
 MONITORING = ROOT / "monitoring"
 SCRIPT = ROOT / "scripts" / "apply-monitoring.sh"
@@ -59,13 +59,9 @@ def token(role: str = "service_role") -> str:
 
 
 @pytest.fixture
-def logged_requests(
-    db: Database, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[list[dict[str, Any]]]:
+def logged_requests(db: Database, function_app: AppFactory) -> Iterator[list[dict[str, Any]]]:
     """Requests of every outcome through the three functions; yields the JSON log lines."""
-    monkeypatch.setenv("SUPABASE_JWT_SECRET", SECRET)
-    monkeypatch.setenv("DATABASE_URL", db.url)
-    monkeypatch.delenv("SUPABASE_URL", raising=False)
+    env = {"SUPABASE_JWT_SECRET": SECRET, "DATABASE_URL": db.url, "SUPABASE_URL": None}
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     handler.setFormatter(log.CloudLoggingFormatter())
@@ -75,9 +71,7 @@ def logged_requests(
     package_logger.setLevel(logging.INFO)
 
     def client(target: str) -> FlaskClient:
-        monkeypatch.setenv("FUNCTION_TARGET", target)
-        handlers.state.cache_clear()
-        return create_app(target).test_client()
+        return function_app(target, **env).test_client()
 
     service = {"Authorization": f"Bearer {token()}"}
     try:
@@ -117,7 +111,6 @@ def logged_requests(
     finally:
         package_logger.removeHandler(handler)
         package_logger.setLevel(previous_level)
-        forget_function_state()
 
 
 def payload_fields(text: str) -> set[str]:
@@ -570,9 +563,17 @@ def calls(fake: dict[str, Any]) -> list[list[str]]:
     return [json.loads(line) for line in fake["log"].read_text().splitlines()]
 
 
+def _shellcheck() -> str:
+    """shellcheck beside this interpreter (requirements-test.txt installs it), else on PATH."""
+    beside = Path(sys.executable).parent / "shellcheck"
+    found = str(beside) if beside.exists() else shutil.which("shellcheck")
+    assert found, "shellcheck is not installed (requirements-test.txt provides it)"
+    return found
+
+
 def test_shellcheck_reports_nothing() -> None:
     run = subprocess.run(
-        [str(ROOT / ".venv" / "bin" / "shellcheck"), str(SCRIPT)],
+        [_shellcheck(), str(SCRIPT)],
         capture_output=True,
         text=True,
         check=False,

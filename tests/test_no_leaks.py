@@ -23,15 +23,13 @@ from typing import Any
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
-from flask.testing import FlaskClient
 
-from functions import handlers, log
+from functions import handlers, log, rate_limit
 from functions.errors import ConfigError
 from functions.sinks import FailureRecord, WriteResult
 from localdb.cluster import free_port
 from tests import json_http
-from tests.conftest import Database
-from tests.flask_app import create_app, forget_function_state
+from tests.conftest import AppFactory, Database
 
 # --- canaries -----------------------------------------------------------------------------------
 
@@ -184,7 +182,7 @@ def _rest_sink(events_answer: str) -> Callable[[World], dict[str, str]]:
 
 def _over_rate_limit(world: World) -> dict[str, str]:
     """The service token's caller has spent this minute's allowance (429 from the database)."""
-    caller = handlers.caller_name("legacy_jwt", PAYLOAD)  # SERVICE_TOKEN's sub is PAYLOAD
+    caller = rate_limit.caller_name("legacy_jwt", PAYLOAD)  # SERVICE_TOKEN's sub is PAYLOAD
     with world.db.connect() as conn:
         conn.execute(
             "insert into private.rate_limit_windows (caller, window_start, requests, events)"
@@ -635,23 +633,13 @@ def _assert_clean_response(body: bytes, headers: dict[str, str]) -> None:
         assert payload not in text, f"a payload value is echoed in the response: {payload}"
 
 
-@pytest.fixture
-def base_env(db: Database, monkeypatch: pytest.MonkeyPatch) -> Iterator[Database]:
-    monkeypatch.setenv("SUPABASE_JWT_SECRET", JWT_SECRET)
-    monkeypatch.setenv("SUPABASE_SECRET_KEYS", SECRET_KEY)
-    monkeypatch.setenv("DATABASE_URL", _with_password(db.url))
-    monkeypatch.delenv("SUPABASE_URL", raising=False)
-    handlers.state.cache_clear()
-    yield db
-    forget_function_state()
-
-
-def _client(target: str, monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> FlaskClient:
-    monkeypatch.setenv("FUNCTION_TARGET", target)
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    handlers.state.cache_clear()
-    return create_app(target).test_client()
+def _base_env(db: Database) -> dict[str, str | None]:
+    return {
+        "SUPABASE_JWT_SECRET": JWT_SECRET,
+        "SUPABASE_SECRET_KEYS": SECRET_KEY,
+        "DATABASE_URL": _with_password(db.url),
+        "SUPABASE_URL": None,
+    }
 
 
 @pytest.fixture
@@ -664,17 +652,17 @@ def stand_in() -> Iterator[StandIn]:
 @pytest.mark.parametrize("path", PATHS, ids=[p.name for p in PATHS])
 def test_no_secret_or_payload_leaks(
     path: LeakPath,
-    base_env: Database,
+    db: Database,
     stand_in: StandIn,
-    monkeypatch: pytest.MonkeyPatch,
+    function_app: AppFactory,
     captured: _Collector,
     caplog: pytest.LogCaptureFixture,
     capfd: pytest.CaptureFixture[str],
 ) -> None:
-    env = dict(path.env)
+    env = {**_base_env(db), **path.env}
     if path.setup is not None:
-        env.update(path.setup(World(base_env, stand_in)))
-    client = _client(path.target, monkeypatch, env)
+        env.update(path.setup(World(db, stand_in)))
+    client = function_app(path.target, **env).test_client()
     if path.sink is not None:
         handlers.state()._sink = path.sink()
     response = client.open("/", method=path.method, **path.request())
@@ -686,16 +674,17 @@ def test_no_secret_or_payload_leaks(
 @pytest.mark.parametrize("case", COLD_STARTS, ids=[c.name for c in COLD_STARTS])
 def test_no_secret_leaks_at_cold_start(
     case: ColdStart,
-    base_env: Database,
+    db: Database,
     monkeypatch: pytest.MonkeyPatch,
     captured: _Collector,
     caplog: pytest.LogCaptureFixture,
     capfd: pytest.CaptureFixture[str],
 ) -> None:
-    monkeypatch.setenv("FUNCTION_TARGET", "batch_import")
-    for name, value in case.env.items():
-        monkeypatch.setenv(name, value)
-    handlers.state.cache_clear()
+    for name, value in {**_base_env(db), "FUNCTION_TARGET": "batch_import", **case.env}.items():
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
     with pytest.raises(ConfigError) as caught:
         handlers.prepare()
     text = _log_text(captured, caplog, capfd)

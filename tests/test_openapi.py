@@ -33,11 +33,10 @@ from functions.errors import (
 from functions.sinks import FailureRecord, WriteResult
 from localdb.cluster import ROOT, free_port
 from tests import openapi_contract as contract
-from tests.test_http import (  # noqa: F401 - make_client is a fixture used by name
+from tests.conftest import (
     ClientFactory,
     auth,
     event,
-    make_client,
     token,
 )
 

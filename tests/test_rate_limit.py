@@ -11,13 +11,10 @@ import pytest
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from functions import handlers
 from functions.config import Settings
 from functions.errors import ConfigError
 from localdb.api_roles import request_as
-from tests.conftest import Database
-from tests.flask_app import json_body
-from tests.test_http import ClientFactory, auth, event, make_client  # noqa: F401
+from tests.conftest import ClientFactory, Database, auth, event, json_body
 
 KEY_A = "sb_secret_rate_limit_caller_a_0123456789"
 KEY_B = "sb_secret_rate_limit_caller_b_0123456789"
@@ -50,8 +47,6 @@ def test_over_the_request_limit_answers_429_with_retry_after_across_instances(
     client = make_client("batch_import", RATE_LIMIT_REQUESTS_PER_MINUTE="3")
     assert [post(client, batch(1, hour)).status_code for hour in range(2)] == [200, 200]
     # A new instance: settings, sink and connection pool built afresh, nothing kept in memory.
-    handlers.state().sink.close()
-    handlers.state.cache_clear()
     second = make_client("batch_import", RATE_LIMIT_REQUESTS_PER_MINUTE="3")
     assert post(second, batch(1, 3)).status_code == 200
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 from localdb import isolation, pgtap, rls_audit
 
 
+@pytest.mark.db  # scripts/rls-audit.sh starts a cluster
 def test_audit_command_writes_a_passing_record(tmp_path: Path) -> None:
     output = tmp_path / "rls-audit.md"
     assert rls_audit.main(["--output", str(output), "--users", "10", "--seconds", "1"]) == 0

@@ -1,23 +1,20 @@
-"""The fast paths of validation give the answers of the slow ones they replace.
+"""The shortcuts of validation give the answers of the slower ways they replace.
 
-- ``compact_json`` (the json module's C encoder built once) writes exactly what ``json.dumps``
-  writes, and the canonical encoder (orjson, with the json module for what orjson spells
-  differently) exactly what ``JSONEncoder(sort_keys=True, ...).encode`` writes;
-- the one-call check of a whole event of a known type accepts exactly the events that pass
-  the event schema and the payload schema checked apart;
+- ``compact_json`` writes exactly what ``json.dumps`` writes, and the canonical encoder (orjson,
+  with the json module for what orjson spells differently) exactly what
+  ``JSONEncoder(sort_keys=True, ...).encode`` writes;
+- the one-call check of a whole event (and of a whole list of events) accepts exactly the
+  events that pass the event schema and the payload schema checked apart;
 - the canonical JSON a valid event carries (``value_json``) is its value, and the direct sink
   stores that value unchanged, escapes and all;
-- the quick route of a valid event (``_quick_normalise_all``, ``timestamps.utc_or_none``,
-  UUIDs built through their slots, the derived id's instant from a naive datetime), in both
-  its implementations (pure Python, and compiled in accelerator/), returns exactly what the
-  full route returns, and gives up on everything the full route rejects.
-  tests/test_accelerator.py holds the two implementations to each other on generated events.
+- a batch, whose events are checked against their schemas in one call, gets the answers its
+  events get one by one, also when that call cannot read the batch (an unpaired surrogate);
+- derived ids are the documented uuid5.
 """
 
 from __future__ import annotations
 
 import copy
-import gc
 import json
 import time
 import uuid
@@ -29,8 +26,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from functions import timestamps, validation
-from functions.errors import TimestampError
+from functions import schemas, validation
+from functions.canonical import canonical_value, compact_json
+from functions.ids import EVENT_ID_NAMESPACE, derive_event_id
 from functions.sinks.postgres import PostgresSink
 
 SAMPLES = Path(__file__).parent / "data" / "events"
@@ -51,9 +49,7 @@ json_values = st.recursive(
 @settings(max_examples=300, deadline=None)
 @given(json_values)
 def test_compact_json_is_json_dumps(value: Any) -> None:
-    assert validation.compact_json(value) == json.dumps(
-        value, separators=(",", ":"), ensure_ascii=False
-    )
+    assert compact_json(value) == json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 _floats = (
@@ -86,24 +82,23 @@ def test_canonical_value_is_the_sorted_compact_encoding(value: dict[str, Any]) -
         expected.encode()
     except UnicodeEncodeError:  # a lone surrogate: not storable, reported as such
         with pytest.raises(ValueError, match="surrogates"):
-            validation._canonical_value(value)
+            canonical_value(value)
         return
     if "\\u0000" in expected:
         return  # NUL handling has its own tests in tests/unit/test_validation.py
-    assert validation._canonical_value(value) == expected
+    assert canonical_value(value) == expected
 
 
-def test_orjson_writes_the_canonical_json_of_ordinary_payloads() -> None:
-    """The quick encoder is the one in use, and takes no detour through the json module for
-    payloads like the sample events' (else it would be no quicker)."""
-    assert validation._canonical_json is validation._canonical_json_quickly
+def test_the_canonical_json_of_the_sample_payloads_is_the_json_modules() -> None:
     values = [e["value"] for e in _sample_events() if isinstance(e.get("value"), dict)]
     assert len(values) > 10
     for value in values:
-        text = validation._canonical_json(value)
-        assert text == json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        if "null" not in text:
-            assert validation._MAY_DIFFER(text) is None, text
+        expected = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        if "\\u0000" in expected:
+            with pytest.raises(ValueError, match="NUL"):
+                canonical_value(value)
+        else:
+            assert canonical_value(value) == expected
 
 
 @pytest.mark.parametrize(
@@ -114,15 +109,20 @@ def test_orjson_writes_the_canonical_json_of_ordinary_payloads() -> None:
         {"x": -float("inf")},
     ],
 )
-def test_non_finite_numbers_are_refused_by_both_encoders(value: dict[str, Any]) -> None:
-    # orjson would write null for them: the quick encoder must not let that through, and the
-    # json module, which it falls back to, refuses them. (The compiled route's handling is
-    # tested in tests/test_accelerator.py.)
-    assert validation._canonical_json is validation._canonical_json_quickly
+def test_non_finite_numbers_are_refused(value: dict[str, Any]) -> None:
+    # orjson would write null for them: the canonical encoder must not let that through.
     with pytest.raises(ValueError, match="NaN or Infinity"):
-        validation._canonical_value(value)
-    with pytest.raises(ValueError, match="Out of range float values are not JSON compliant"):
-        validation._canonical_json_plainly(value)
+        canonical_value(value)
+    outcome = validation.normalise_event(
+        {"user_id": USER, "event_type": "custom_x", "value": value},
+        0,
+        default_timezone=None,
+        received_at=RECEIVED,
+    )
+    assert isinstance(outcome, validation.Rejection)
+    assert [e.as_dict() for e in outcome.errors] == [
+        {"path": "/value", "message": "/value must not contain NaN or Infinity"}
+    ]
 
 
 def _sample_events() -> list[dict[str, Any]]:
@@ -152,23 +152,31 @@ def _mutations(event: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def test_whole_event_check_agrees_with_the_two_schemas_apart() -> None:
-    checked = 0
+    """One call checks the event schema and the payload schema of its type (of the value sent,
+    or of the default {}); so does the check of a list, event by event."""
+    checked = known = 0
+    events: list[Any] = []
     for sample in _sample_events():
         for event in _mutations(sample):
             event_type = event.get("event_type")
-            value = event.get("value")
-            if not isinstance(event_type, str) or event_type not in validation.KNOWN_EVENT_TYPES:
-                continue
-            if "value" not in event:
-                continue
-            apart = validation._EVENT_VALIDATOR.is_valid(event) and (
-                not isinstance(value, dict)
-                or validation._PAYLOAD_VALIDATORS[event_type].is_valid(value)
+            value = event.get("value", {})
+            payload = (
+                schemas.PAYLOAD_VALIDATORS.get(event_type) if isinstance(event_type, str) else None
             )
-            whole = validation._WHOLE_EVENT_VALIDATORS[event_type].is_valid(event)
-            assert whole == apart, event
+            apart = schemas.EVENT_VALIDATOR.is_valid(event) and (
+                payload is None or not isinstance(value, dict) or payload.is_valid(value)
+            )
+            assert schemas.WHOLE_EVENT_VALIDATOR.is_valid(event) == apart, event
+            assert schemas.EVENTS_VALIDATOR.is_valid([event]) == apart, event
+            events.append(event)
             checked += 1
-    assert checked > 100
+            known += payload is not None
+    assert checked > 200
+    assert known > 100
+    assert not schemas.EVENTS_VALIDATOR.is_valid(events)
+    assert schemas.EVENTS_VALIDATOR.is_valid(
+        [e for e in events if schemas.WHOLE_EVENT_VALIDATOR.is_valid(e)]
+    )
 
 
 def _valid_events() -> list[validation.NormalisedEvent]:
@@ -221,29 +229,21 @@ def test_direct_sink_stores_the_value_as_sent(db: Any) -> None:
     assert stored[0] == tricky
 
 
-# --- the quick route of a valid event ----------------------------------------------------------
+# --- a batch and its events one by one ------------------------------------------------------
 
 RECEIVED = datetime(2024, 12, 1, 12, 0, tzinfo=UTC)
 SKEW = timedelta(minutes=5)
 ZONES = (None, "UTC", "Europe/Berlin", "America/New_York", "Australia/Lord_Howe", "Asia/Kathmandu")
+USER = "a1a1a1a1-0000-4000-8000-000000000001"
 
 
-def _same_event(quick: validation.NormalisedEvent, full: validation.NormalisedEvent) -> None:
-    assert type(quick) is validation.NormalisedEvent
-    assert (quick.id, quick.user_id, quick.event_type, quick.timestamp, quick.value) == (
-        full.id,
-        full.user_id,
-        full.event_type,
-        full.timestamp,
-        full.value,
-    )
-    assert quick.value_json == full.value_json
-    assert type(quick.id) is uuid.UUID
-    assert type(quick.user_id) is uuid.UUID
-    assert str(quick.id) == str(full.id)
-    assert quick.id.version == full.id.version
-    assert quick.timestamp.tzinfo is UTC
-    assert repr(quick) == repr(full)
+def _same_event(got: validation.NormalisedEvent, want: validation.NormalisedEvent) -> None:
+    assert type(got) is validation.NormalisedEvent
+    assert got == want
+    assert type(got.id) is uuid.UUID
+    assert type(got.user_id) is uuid.UUID
+    assert got.timestamp.tzinfo is UTC
+    assert repr(got) == repr(want)
 
 
 def _timestamp_variants(event: dict[str, Any]) -> list[dict[str, Any]]:
@@ -284,60 +284,27 @@ def _timestamp_variants(event: dict[str, Any]) -> list[dict[str, Any]]:
     return variants
 
 
-QUICK_ROUTES = {
-    "python": validation._quick_normalise_all_python,
-    "compiled": validation._quick_normalise_all_compiled,
-}
-
-
-@pytest.fixture(params=sorted(QUICK_ROUTES))
-def quick_route(request: pytest.FixtureRequest) -> Any:
-    """Each implementation of the quick route: the pure-Python loop and the compiled one
-    (accelerator/, which scripts/setup.sh builds)."""
-    if request.param == "compiled":
-        assert validation._ACCELERATOR is not None, (
-            "engagement_accel is not installed: scripts/setup.sh builds it from accelerator/"
-        )
-    return QUICK_ROUTES[request.param]
-
-
-def test_quick_route_returns_the_full_routes_answer(quick_route: Any) -> None:
-    """Every sample event and variant: where the quick route answers, the full route accepts
-    the event with exactly that result; where the full route rejects, the quick one gave up.
-    Both implementations of the quick route, each on its own."""
-    answered = rejected = 0
-    for sample in _sample_events():
-        for event in [*_mutations(sample), *_timestamp_variants(sample)]:
-            for default in (None, "Europe/Berlin", "not/a_zone"):
-                zone = validation._batch_zone(default)
-                full = validation._full_normalise(event, 3, default, RECEIVED, SKEW)
-                quick = (
-                    None
-                    if zone is validation._NO_QUICK_ROUTE
-                    else quick_route([event], zone, RECEIVED, SKEW)[0]
-                )
-                through_api = validation.normalise_event(
-                    event, 3, default_timezone=default, received_at=RECEIVED, future_skew=SKEW
-                )
-                if isinstance(full, validation.Rejection):
-                    assert quick is None, event
-                    assert through_api == full
-                    rejected += 1
-                    continue
-                assert isinstance(through_api, validation.NormalisedEvent)
-                _same_event(through_api, full)
-                if quick is not None:
-                    _same_event(quick, full)
-                    answered += 1
-    assert answered > 500
-    assert rejected > 500
-
-
-def test_a_batch_gives_the_answers_of_its_events_one_by_one() -> None:
+def _batches() -> list[list[Any]]:
     events: list[Any] = []
     for sample in _sample_events():
-        events += _timestamp_variants(sample)
+        events += [*_mutations(sample), *_timestamp_variants(sample)]
     events += ["junk", None, [1]]
+    valid = [e for e in events if schemas.WHOLE_EVENT_VALIDATOR.is_valid(e)]
+    # A lone surrogate, which the one call for the batch cannot read.
+    surrogate = {**valid[0], "value": {"note": "\ud800"}}
+    return [events, valid, [*valid[:20], surrogate, *events[:200]]]
+
+
+SURROGATE_MESSAGE = (
+    "the event contains an unpaired UTF-16 surrogate (an escape in \\ud800-\\udfff without "
+    "its pair), which is not valid Unicode"
+)
+surrogate_error = validation.FieldError("", SURROGATE_MESSAGE)
+
+
+@pytest.mark.parametrize("batch", range(3), ids=["mixed", "all valid", "with a surrogate"])
+def test_a_batch_gives_the_answers_of_its_events_one_by_one(batch: int) -> None:
+    events = _batches()[batch]
     for default in (None, "Europe/Berlin"):
         envelope = validation.Envelope(events=events, mode="partial", default_timezone=default)
         accepted, rejected = validation.normalise_batch(
@@ -365,57 +332,10 @@ def test_a_batch_gives_the_answers_of_its_events_one_by_one() -> None:
             else:
                 assert isinstance(got_outcome, validation.NormalisedEvent)
                 _same_event(got_outcome, want_outcome)
-
-
-_digits = st.integers
-
-
-@st.composite
-def _timestamp_texts(draw: st.DrawFn) -> str:
-    """Date-time texts near and beyond the edges of what to_utc accepts."""
-    year = draw(st.sampled_from([1, 2, 2024, 2025, 9998, 9999]) | _digits(1, 9999))
-    text = f"{year:04d}-{draw(_digits(0, 13)):02d}-{draw(_digits(0, 32)):02d}"
-    text += draw(st.sampled_from("Tt ")) + f"{draw(_digits(0, 24)):02d}:{draw(_digits(0, 60)):02d}"
-    if draw(st.booleans()):
-        text += f":{draw(_digits(0, 60)):02d}"
-        if draw(st.booleans()):
-            text += draw(st.sampled_from(".,")) + draw(st.from_regex(r"[0-9]{1,9}", fullmatch=True))
-    sign = draw(st.sampled_from("+-"))
-    hours, minutes = draw(_digits(0, 24)), draw(_digits(0, 60))
-    text += draw(
-        st.sampled_from(
-            ["", "Z", "z", f"{sign}{hours:02d}", f"{sign}{hours:02d}{minutes:02d}"]
-            + [f"{sign}{hours:02d}:{minutes:02d}"] * 3
-        )
-    )
-    return text
-
-
-def _near_changes(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%S")
-
-
-local_times = st.datetimes(min_value=datetime(2023, 1, 1), max_value=datetime(2026, 12, 31)).map(
-    _near_changes
-)
-
-
-@settings(max_examples=1500, deadline=None)
-@given(_timestamp_texts() | local_times, st.sampled_from(ZONES))
-def test_utc_or_none_is_to_utc_or_nothing(text: str, zone_name: str | None) -> None:
-    zone = None if zone_name is None else timestamps.get_zone(zone_name)
-    try:
-        expected: datetime | None = timestamps.to_utc(
-            text, timezone=zone_name, now=RECEIVED, future_skew=SKEW
-        )
-    except TimestampError:
-        expected = None
-    got = timestamps.utc_or_none(text, zone, RECEIVED + SKEW)
-    assert got == expected
-    if got is not None:
-        assert expected is not None
-        assert got.tzinfo is UTC
-        assert (got.replace(tzinfo=None), got.fold) == (expected.replace(tzinfo=None), 0)
+        if batch == 2:
+            assert outcomes[20] == validation.Rejection(
+                20, validation.echoed_event_id(events[20]), (surrogate_error,)
+            )
 
 
 _storable_text = st.text(st.characters(blacklist_categories=("Cs", "Cc")), max_size=5)
@@ -437,7 +357,7 @@ def test_derived_id_is_the_documented_uuid5(
     user: uuid.UUID, moment: datetime, value: dict[str, Any]
 ) -> None:
     """uuid5 of the canonical JSON of [user_id, event_type, instant with six fraction digits
-    in UTC, value], as derive_event_id documents it, with microseconds and without."""
+    in UTC, value], as identity_text documents it, with microseconds and without."""
     instant = moment.astimezone(UTC).isoformat(timespec="microseconds")[:-6] + "Z"
     canonical = json.dumps(
         [str(user), "steps_import", instant, value],
@@ -445,44 +365,7 @@ def test_derived_id_is_the_documented_uuid5(
         separators=(",", ":"),
         ensure_ascii=False,
     )
-    derived = validation.derive_event_id(user, "steps_import", moment, value)
-    assert derived == uuid.uuid5(validation.EVENT_ID_NAMESPACE, canonical)
+    derived = derive_event_id(user, "steps_import", moment, canonical_value(value))
+    assert derived == uuid.uuid5(EVENT_ID_NAMESPACE, canonical)
     assert type(derived) is uuid.UUID
     assert derived.version == 5
-    assert str(derived) == str(uuid.uuid5(validation.EVENT_ID_NAMESPACE, canonical))
-
-
-@settings(max_examples=300, deadline=None)
-@given(st.uuids(), st.booleans())
-def test_uuid_of_text_is_the_uuid_constructor(value: uuid.UUID, upper: bool) -> None:
-    text = str(value).upper() if upper else str(value)
-    made = validation._uuid_of_text(text)
-    assert made == uuid.UUID(text)
-    assert type(made) is uuid.UUID
-    assert (str(made), hash(made), made.is_safe) == (str(value), hash(value), value.is_safe)
-
-
-def test_the_garbage_collector_runs_again_after_a_batch() -> None:
-    """normalise_batch pauses the cyclic collector; it must be back on afterwards, also when
-    the batch fails, and a collector someone else paused stays paused."""
-    envelope = validation.Envelope(events=_sample_events(), mode="partial", default_timezone=None)
-    assert gc.isenabled()
-    validation.normalise_batch(envelope, received_at=RECEIVED)
-    assert gc.isenabled()
-
-    class Exploding(dict[str, Any]):
-        def get(self, *args: Any) -> Any:
-            assert not gc.isenabled()  # inside the paused block
-            raise RuntimeError("boom")
-
-    failing = validation.Envelope(events=[Exploding()], mode="partial", default_timezone=None)
-    with pytest.raises(RuntimeError, match="boom"):
-        validation.normalise_batch(failing, received_at=RECEIVED)
-    assert gc.isenabled()
-
-    gc.disable()
-    try:
-        validation.normalise_batch(envelope, received_at=RECEIVED)
-        assert not gc.isenabled()
-    finally:
-        gc.enable()

@@ -24,7 +24,7 @@ import pytest
 from flask.testing import FlaskClient
 
 from functions import handlers
-from tests.flask_app import create_app, forget_function_state
+from tests.conftest import create_app, forget_function_state
 from tests.live.api import Caller, DataApi, in_list
 from tests.live.checks import Checks
 from tests.live.conftest import LiveEnv, LiveUsers

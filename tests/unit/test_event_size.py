@@ -3,12 +3,13 @@ measuring every event would."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
-from functions import handlers, validation
+from functions import validation
 
 ANA = "a1a1a1a1-0000-4000-8000-000000000001"
 LIMIT = 1024
@@ -28,7 +29,14 @@ def event_with_note(note: str, **changes: Any) -> dict[str, Any]:
 
 
 def measured(event: Any) -> bool:
-    return len(validation.compact_json(event).encode(errors="surrogatepass")) > LIMIT
+    text = json.dumps(event, separators=(",", ":"), ensure_ascii=False)
+    return len(text.encode(errors="surrogatepass")) > LIMIT
+
+
+def oversized(outcome: validation.NormalisedEvent | validation.Rejection) -> bool:
+    return isinstance(outcome, validation.Rejection) and outcome.errors == (
+        validation.FieldError("", f"the event is larger than the limit of {LIMIT} bytes"),
+    )
 
 
 @pytest.mark.parametrize("character", ["a", "é", "€", "😀"])
@@ -36,8 +44,13 @@ def measured(event: Any) -> bool:
 @pytest.mark.parametrize("valid", [True, False])
 def test_the_shortcut_agrees_with_measuring(character: str, length: int, valid: bool) -> None:
     event = event_with_note(character * length, **({} if valid else {"event_type": "Bad"}))
-    outcome = validation.normalise_event(
-        event, 0, default_timezone=None, received_at=datetime.now(UTC)
+    unlimited, limited = (
+        validation.normalise_all(
+            [event], default_timezone=None, received_at=datetime.now(UTC), max_event_bytes=limit
+        )[0]
+        for limit in (None, LIMIT)
     )
-    assert isinstance(outcome, validation.NormalisedEvent) is valid
-    assert handlers._oversized(event, outcome, LIMIT) is measured(event)
+    assert isinstance(unlimited, validation.NormalisedEvent) is valid
+    assert oversized(limited) is measured(event)
+    if not measured(event):
+        assert limited == unlimited  # an event within the limit is answered as without one

@@ -20,18 +20,16 @@ import jsonschema
 import jsonschema_rs
 import pytest
 
-from functions import validation
-from functions.validation import (
+from functions.schemas import (
     BATCH_SCHEMA,
     EVENT_SCHEMA,
     KNOWN_EVENT_TYPES,
     PAYLOAD_SCHEMAS,
     SCHEMA_DIR,
-    NormalisedEvent,
-    Rejection,
     compile_schema,
-    normalise_event,
+    discover_payload_schemas,
 )
+from functions.validation import NormalisedEvent, Rejection, normalise_event
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 SCHEMA_FILES = sorted(SCHEMA_DIR.rglob("*.schema.json"))
@@ -162,7 +160,7 @@ def test_adding_a_payload_file_adds_an_event_type(tmp_path: Path) -> None:
         encoding="utf-8",
     )
 
-    assert set(validation._discover_payload_schemas(events)) == {"mood_logged"}
+    assert set(discover_payload_schemas(events)) == {"mood_logged"}
 
 
 # --- payload samples --------------------------------------------------------------------------

@@ -16,15 +16,15 @@ from typing import Any
 
 import pytest
 
-from functions import validation
+from functions.canonical import canonical_value
 from functions.errors import MalformedRequest
+from functions.ids import EVENT_ID_NAMESPACE, derive_event_id
+from functions.messages import MAX_NAMED_UNKNOWN_KEYS
 from functions.validation import (
-    EVENT_ID_NAMESPACE,
     Envelope,
     FieldError,
     NormalisedEvent,
     Rejection,
-    derive_event_id,
     normalise_batch,
     normalise_event,
     parse_envelope,
@@ -96,7 +96,7 @@ def test_valid_sample_is_accepted_and_normalised(case: dict[str, Any]) -> None:
         assert result.id == uuid.UUID(event["event_id"])
     else:
         assert result.id == derive_event_id(
-            result.user_id, result.event_type, result.timestamp, result.value
+            result.user_id, result.event_type, result.timestamp, canonical_value(result.value)
         )
 
 
@@ -230,7 +230,7 @@ def test_many_unknown_event_properties_are_summed_up() -> None:
 
     errors = _rejected(_steps(**extra)).errors
 
-    assert len(errors) == validation.MAX_NAMED_UNKNOWN_KEYS + 1
+    assert len(errors) == MAX_NAMED_UNKNOWN_KEYS + 1
     assert errors[-1].message == "and 15 more unknown properties"
 
 
@@ -454,7 +454,7 @@ def test_derived_id_format_is_pinned() -> None:
     moment = datetime(2024, 12, 1, 7, 30, tzinfo=UTC)
     value = {"steps": 8000, "source": "garmin", "note": "Grüße"}
 
-    derived = derive_event_id(uuid.UUID(USER), "steps_import", moment, value)
+    derived = derive_event_id(uuid.UUID(USER), "steps_import", moment, canonical_value(value))
 
     canonical = (
         '["7d9f4c1e-2b3a-4c5d-8e6f-0a1b2c3d4e5f","steps_import","2024-12-01T07:30:00.000000Z",'
