@@ -296,6 +296,73 @@ def test_realtime_hands_each_change_only_to_the_rows_owner(db: Database) -> None
     assert [col["name"] for col in rows[3]["identity"]] == ["id"]
 
 
+def test_a_revision_and_a_deletion_reach_only_the_owner_as_updates(db: Database) -> None:
+    """Through the write path of batch_import (ingest_engagement_events, as service_role): a
+    newer revision and a deletion from the source are UPDATE changes of the row, which
+    Realtime hands to the subscribers whose SELECT policy admits the row: its owner alone."""
+    slot = "engagement_realtime_revisions"
+
+    def ingest(conn: psycopg.Connection[Any], revision: int, deleted: bool) -> Any:
+        event = {
+            "index": 0,
+            "identity": json.dumps([ANA, "steps_import", "garmin", "2024-12-01"]),
+            "user_id": ANA,
+            "event_type": "steps_import",
+            "timestamp": "2024-12-01T20:00:00Z",
+            "value": {"steps": 1000 * revision},
+            "revision": revision,
+            "deleted": deleted,
+        }
+        with request_as(conn, "service_role"):
+            row = conn.execute(
+                "select public.ingest_engagement_events(%s::jsonb)", (json.dumps([event]),)
+            ).fetchone()
+        assert row is not None
+        return row[0]
+
+    with db.connect() as conn:
+        conn.execute("select pg_create_logical_replication_slot(%s, 'wal2json')", (slot,))
+        conn.execute("set synchronous_commit = on")
+        try:
+            counts = [
+                {k: v for k, v in ingest(conn, revision, deleted).items() if isinstance(v, int)}
+                for revision, deleted in ((1, False), (2, False), (3, True))
+            ]
+            changes = [
+                json.loads(r[0])
+                for r in conn.execute(
+                    "select data from pg_logical_slot_get_changes(%s, null, null,"
+                    " 'format-version', '2', 'add-tables', 'public.engagement_events')",
+                    (slot,),
+                ).fetchall()
+            ]
+        finally:
+            conn.execute("select pg_drop_replication_slot(%s)", (slot,))
+        assert counts == [
+            {"inserted": 1, "updated": 0, "deleted": 0, "duplicates": 0},
+            {"inserted": 0, "updated": 1, "deleted": 0, "duplicates": 0},
+            {"inserted": 0, "updated": 0, "deleted": 1, "duplicates": 0},
+        ]
+        rows = [c for c in changes if c.get("action") in ("I", "U", "D")]
+        assert [c["action"] for c in rows] == ["I", "U", "U"]
+        new_values = [{col["name"]: col["value"] for col in c["columns"]} for c in rows]
+        assert [(v["revision"], v["is_deleted"]) for v in new_values] == [
+            (1, False),
+            (2, False),
+            (3, True),
+        ]
+        row_id = new_values[0]["id"]
+        receivers = set()
+        for user in (ANA, BEN):
+            with request_as(conn, "authenticated", user):
+                seen = conn.execute(
+                    "select count(*) from public.engagement_events where id = %s", (row_id,)
+                ).fetchone()
+            if seen == (1,):
+                receivers.add(user)
+    assert receivers == {ANA}
+
+
 def test_a_users_rows_are_invisible_to_another_subscriber(db: Database) -> None:
     """The check behind every postgres_changes delivery, for a row that still exists."""
     with db.connect() as conn:

@@ -6,8 +6,8 @@ select plan(60);
 
 select has_table('public', 'engagement_events', 'table public.engagement_events exists');
 select columns_are('public', 'engagement_events',
-    array['id', 'user_id', 'timestamp', 'event_type', 'value', 'is_deleted', 'deleted_at'],
-    'the six designed columns and deleted_at (20241206), nothing else');
+    array['id', 'user_id', 'timestamp', 'event_type', 'value', 'is_deleted', 'deleted_at', 'revision'],
+    'the six designed columns, deleted_at (20241206) and revision (20241230), nothing else');
 select col_is_null('public', 'engagement_events', 'deleted_at', 'deleted_at is null while the event is live');
 select col_type_is('public', 'engagement_events', 'deleted_at', 'timestamp with time zone', 'deleted_at is timestamptz');
 
