@@ -127,12 +127,13 @@ def batch_import(request: flask.Request) -> flask.Response:
 
 def _batch_import(request: flask.Request, st: _State, request_id: str) -> flask.Response:
     http.require_method(request, "POST")
-    credential = _authenticate(request, st)
+    presented = _credential_of(request)
+    credential = st.authenticator.require_service_role(presented)
     settings = st.settings
     body = http.read_json(request, max_body_bytes=settings.max_body_bytes)
     envelope = validation.parse_envelope(body, max_events=settings.max_batch_events)
     deadline = time.monotonic() + settings.time_budget_seconds
-    caller = rate_limit.caller_of(credential, _credential_of(request))
+    caller = rate_limit.caller_of(credential, presented)
     rate_limit.take(st.sink, settings, caller, len(envelope.events), deadline)
     outcomes = validation.check_events(
         envelope.events,
