@@ -20,6 +20,7 @@ import subprocess
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -163,7 +164,7 @@ def served(db: Database, function_app: AppFactory) -> Iterator[tuple[str, _Recor
 
 
 def test_generated_requests_get_documented_answers(
-    served: tuple[str, _Recorder], function_app: AppFactory, db: Database
+    served: tuple[str, _Recorder], function_app: AppFactory, db: Database, tmp_path: Path
 ) -> None:
     url, recorder = served
     run = subprocess.run(
@@ -197,6 +198,7 @@ def test_generated_requests_get_documented_answers(
         text=True,
         check=False,
         timeout=600,
+        cwd=tmp_path,  # what the CLI keeps between runs stays out of the project
     )
     assert run.returncode == 0, (run.stdout + run.stderr)[-6000:]
 
