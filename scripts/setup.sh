@@ -2,7 +2,8 @@
 # Sets up everything the project needs on a Debian or Ubuntu machine, idempotently:
 #   - Debian packages: the PostgreSQL server binaries (15 preferred, else 16 or 17), pgTAP,
 #     wal2json, python3-venv, and curl (for the commands scripts/dev.sh prints);
-#   - a virtual environment in .venv with requirements-test.txt (which includes requirements.txt).
+#   - a virtual environment in .venv with requirements-test.txt (which includes requirements.txt),
+#     and one in .venv-fuzz with requirements-fuzz.txt (schemathesis, for the fuzz tests).
 # The project runs its own throwaway PostgreSQL clusters, so Debian's own is not wanted: before
 # the server package is installed, /etc/postgresql-common/createcluster.conf gets
 # `create_main_cluster = false` (only when it has no such setting), and the `postgresql`
@@ -172,7 +173,7 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 stamp=.venv/.requirements.sha256
-want=$(cat requirements*.txt | sha256sum | cut -d' ' -f1)
+want=$(cat requirements.txt requirements-test.txt | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   step "installing Python packages into .venv" \
     "see pip's lines above (network, package index, a pin that does not install on $(python3 --version 2>&1)); then run scripts/setup.sh again" \
@@ -180,5 +181,21 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   quietly .venv/bin/python -m pip install --disable-pip-version-check --upgrade pip
   quietly .venv/bin/python -m pip install --disable-pip-version-check -r requirements-test.txt
   echo "$want" >"$stamp"
+fi
+# The fuzzing tool, schemathesis, in an environment of its own (requirements-fuzz.txt), so that
+# its pins never hold back the functions' own: tests/test_fuzz_http.py runs its CLI from there.
+if [ ! -x .venv-fuzz/bin/python ]; then
+  step "creating .venv-fuzz" "remove .venv-fuzz if it is half made, then run scripts/setup.sh again"
+  python3 -m venv .venv-fuzz
+fi
+fuzz_stamp=.venv-fuzz/.requirements.sha256
+fuzz_want=$(sha256sum <requirements-fuzz.txt | cut -d' ' -f1)
+if [ ! -f "$fuzz_stamp" ] || [ "$(cat "$fuzz_stamp")" != "$fuzz_want" ]; then
+  step "installing schemathesis into .venv-fuzz" \
+    "see pip's lines above (network, package index, a pin that does not install on $(python3 --version 2>&1)); then run scripts/setup.sh again" \
+    "pip: about half a minute"
+  quietly .venv-fuzz/bin/python -m pip install --disable-pip-version-check --upgrade pip
+  quietly .venv-fuzz/bin/python -m pip install --disable-pip-version-check -r requirements-fuzz.txt
+  echo "$fuzz_want" >"$fuzz_stamp"
 fi
 say "setup complete (PostgreSQL $major, $(.venv/bin/python --version))"

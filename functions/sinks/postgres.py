@@ -227,7 +227,7 @@ class PostgresSink:
         with self._lock:
             pool, self._pool = self._pool, None
         if pool is not None:
-            pool.close(timeout=0)
+            pool.close(timeout=1.0)  # its idle worker threads stop at once
 
     # -- one attempt ---------------------------------------------------------------------
 
