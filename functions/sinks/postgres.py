@@ -24,6 +24,7 @@ Why it looks the way it does:
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import random
@@ -133,6 +134,7 @@ class PostgresSink:
         self._pool: ConnectionPool[psycopg.Connection[Any]] | None = None
         self._lock = threading.Lock()
         self._opening = threading.Lock()
+        self._closes_at_exit = False
 
     # -- the interface -----------------------------------------------------------------
 
@@ -335,6 +337,13 @@ class PostgresSink:
                 raise out_of_time() from None
             with self._lock:
                 self._pool = pool
+            if not self._closes_at_exit:
+                # The pool's worker threads are stopped while the interpreter still runs them:
+                # left to the pool's own finaliser, they are waited for at interpreter shutdown,
+                # which on Python 3.13 takes 5 s a thread (a function instance would outlast
+                # its graceful shutdown, gunicorn's worker its terminate).
+                atexit.register(self.close)
+                self._closes_at_exit = True
             return pool
 
     def _connect_kwargs(self, timeout: int) -> dict[str, Any]:
