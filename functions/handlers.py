@@ -17,7 +17,7 @@ from typing import Any
 
 import flask
 
-from functions import dead_letter, http, log, rate_limit, timestamps, validation
+from functions import dead_letter, http, log, messages, rate_limit, timestamps, validation
 from functions.config import Settings
 from functions.errors import (
     AuthError,
@@ -28,7 +28,7 @@ from functions.errors import (
 )
 from functions.messages import FieldError
 from functions.service_auth import Credential, ServiceAuthenticator, presented_credential
-from functions.sinks import Sink
+from functions.sinks import Sink, WriteResult
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +134,6 @@ def _batch_import(request: flask.Request, st: _State, request_id: str) -> flask.
     envelope = validation.parse_envelope(body, max_events=settings.max_batch_events)
     deadline = time.monotonic() + settings.time_budget_seconds
     caller = rate_limit.caller_of(credential, presented)
-    rate_limit.take(st.sink, settings, caller, len(envelope.events), deadline)
     outcomes = validation.check_events(
         envelope.events,
         default_timezone=envelope.default_timezone,
@@ -153,12 +152,29 @@ def _batch_import(request: flask.Request, st: _State, request_id: str) -> flask.
             positions.append(index)
 
     atomic = envelope.mode == "atomic"
-    inserted = duplicates = 0
+    result = WriteResult(inserted=0, duplicates=0)
     if valid and not (atomic and rejected):
-        result = st.sink.write(valid, atomic=atomic, deadline=deadline)
-        inserted, duplicates = result.inserted, result.duplicates
-        for position in result.unknown_users:
-            rejected.append(_unknown_user_rejection(positions[position], envelope.events))
+        # The rate limit is taken in the write's own round trip.
+        result = st.sink.write(
+            valid,
+            atomic=atomic,
+            deadline=deadline,
+            rate=rate_limit.limit_for(settings, caller, len(envelope.events)),
+        )
+        if result.retry_after:
+            raise rate_limit.refused(settings, result.retry_after)
+        for position, error in (
+            *((p, messages.UNKNOWN_USER) for p in result.unknown_users),
+            *((p, _taken(valid[p])) for p in result.conflicts),
+        ):
+            index = positions[position]
+            rejected.append(
+                validation.Rejection(
+                    index, validation.echoed_event_id(envelope.events[index]), (error,)
+                )
+            )
+    else:
+        rate_limit.take(st.sink, settings, caller, len(envelope.events), deadline)
     rejected.sort(key=lambda r: r.index)
     dead_lettered = 0
     if rejected:
@@ -177,22 +193,21 @@ def _batch_import(request: flask.Request, st: _State, request_id: str) -> flask.
         except StoreError as exc:
             # The valid events may already be committed; say so, so that the caller knows
             # its retry (idempotent) completes the batch.
-            exc.stored = inserted + duplicates
+            exc.stored = result.written
             raise
-    status = 422 if rejected and (atomic or inserted + duplicates == 0) else 200
+    status = 422 if rejected and (atomic or result.written == 0) else 200
+    counts = {
+        "inserted": result.inserted,
+        "updated": result.updated,
+        "deleted": result.deleted,
+        "duplicates": result.duplicates,
+    }
     response = http.json_response(
-        {
-            "inserted": inserted,
-            "duplicates": duplicates,
-            "rejected": [r.as_dict() for r in rejected],
-        },
-        status,
-        request_id,
+        {**counts, "rejected": [r.as_dict() for r in rejected]}, status, request_id
     )
     response.engagement_counts = {  # type: ignore[attr-defined]
         "events": len(envelope.events),
-        "inserted": inserted,
-        "duplicates": duplicates,
+        **counts,
         "rejected": len(rejected),
         "dead_lettered": dead_lettered,
         "mode": envelope.mode,
@@ -200,12 +215,10 @@ def _batch_import(request: flask.Request, st: _State, request_id: str) -> flask.
     return response
 
 
-def _unknown_user_rejection(index: int, sent: list[Any]) -> validation.Rejection:
-    return validation.Rejection(
-        index=index,
-        event_id=validation.echoed_event_id(sent[index]),
-        errors=(FieldError("/user_id", "user_id is not a user of this project"),),
-    )
+def _taken(event: validation.NormalisedEvent) -> FieldError:
+    """The rejection of an event whose id is another user's: at /event_id when it was sent,
+    at the event itself when derived."""
+    return messages.TAKEN_EVENT_ID if event.id is not None else messages.TAKEN_DERIVED_ID
 
 
 # ------------------------------------------------------------------------- convert_timestamps

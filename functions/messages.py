@@ -90,6 +90,38 @@ def too_large(limit: int) -> str:
     return f"the event is larger than the limit of {limit} bytes"
 
 
+# --- identity ---------------------------------------------------------------------------------
+
+DELETION_WITHOUT_TIMESTAMP: Final = FieldError(
+    "/timestamp",
+    "a deletion without event_id names the event it deletes by its timestamp and value: "
+    "send the timestamp, or the event_id",
+)
+
+
+def deletion_without_identity(event_type: str, missing: Iterable[str]) -> FieldError:
+    """The error of a deletion without event_id that lacks identity fields of its type (the
+    names come from the schema, not from the caller)."""
+    return FieldError(
+        "/value",
+        f"a deletion without event_id names the {event_type} event it deletes by its identity "
+        f"fields; /value lacks {', '.join(missing)}",
+    )
+
+
+UNKNOWN_USER: Final = FieldError("/user_id", "user_id is not a user of this project")
+
+TAKEN_EVENT_ID: Final = FieldError(
+    "/event_id",
+    "event_id is already the id of another user's event; this event was not stored",
+)
+TAKEN_DERIVED_ID: Final = FieldError(
+    "",
+    "the id derived from this event's identity is already the id of another user's event; "
+    "this event was not stored (send it with an event_id of its own)",
+)
+
+
 # --- the envelope -----------------------------------------------------------------------------
 
 

@@ -7,8 +7,9 @@ batch_import reads a body), and the ones that pass are written through the direc
 event sent without a timestamp keeps the time it first failed. In one transaction per
 page, the imported ones are marked replayed (``replayed_at``, ``replay_request_id``) and the
 ones that still fail get their current errors. Replaying twice imports nothing twice: marked
-rows are not read again, and a row's id is its ``event_id`` or derived from its content, so an
-event stored by an interrupted replay is a duplicate the second time, not a new row.
+rows are not read again, and a row's id is its ``event_id`` or derived from its identity
+through the same write path as batch_import's, so an event stored by an interrupted replay is
+a duplicate the second time, not a new row. An event whose id is another user's stays failing.
 
 Needs a direct connection: ``DATABASE_URL`` (the project's connection string as ``postgres``,
 or any role with service_role's rights) or ``--database-url``.
@@ -29,7 +30,7 @@ from typing import Any
 
 import psycopg
 
-from functions import http, validation
+from functions import http, messages, validation
 from functions.config import Settings
 from functions.dead_letter import jsonb_safe
 from functions.errors import EngagementError, MalformedRequest
@@ -66,16 +67,19 @@ class ReplayReport:
     replay_id: str
     examined: int = 0
     imported: int = 0
+    """Events inserted, or applied as a newer revision or a deletion."""
     already_stored: int = 0
     still_failing: int = 0
     unknown_users: int = 0
+    conflicts: int = 0
     imported_ids: list[int] = field(default_factory=list)
 
     def __str__(self) -> str:
         return (
             f"replay {self.replay_id}: {self.examined} pending failures examined, "
             f"{self.imported} imported, {self.already_stored} already stored, "
-            f"{self.still_failing} still failing ({self.unknown_users} of unknown users)"
+            f"{self.still_failing} still failing ({self.unknown_users} of unknown users, "
+            f"{self.conflicts} with another user's id)"
         )
 
 
@@ -138,18 +142,22 @@ def _replay_page(
         # marks are lost, the next replay finds the events stored and counts duplicates.
         result = sink.write(passing, atomic=False, deadline=time.monotonic() + 60)
         unknown = set(result.unknown_users)
-        for position in sorted(unknown):
-            failing.append(
-                {
-                    "id": passing_ids[position],
-                    "errors": [
-                        {"path": "/user_id", "message": "user_id is not a user of this project"}
-                    ],
-                }
+        taken = set(result.conflicts)
+        for position in sorted(unknown | taken):
+            error = (
+                messages.UNKNOWN_USER
+                if position in unknown
+                else (
+                    messages.TAKEN_EVENT_ID
+                    if passing[position].id is not None
+                    else messages.TAKEN_DERIVED_ID
+                )
             )
+            failing.append({"id": passing_ids[position], "errors": [error.as_dict()]})
         report.unknown_users += len(unknown)
-        replayed = [fid for i, fid in enumerate(passing_ids) if i not in unknown]
-        report.imported += result.inserted
+        report.conflicts += len(taken)
+        replayed = [fid for i, fid in enumerate(passing_ids) if i not in unknown | taken]
+        report.imported += result.inserted + result.updated + result.deleted
         report.already_stored += result.duplicates
         report.imported_ids.extend(replayed)
         conn.execute(_MARK_REPLAYED, (report.replay_id, replayed))

@@ -10,7 +10,12 @@ object. Every schema is compiled with jsonschema-rs: Draft 2020-12, ``format`` a
 Besides one validator per file, :data:`WHOLE_EVENT_VALIDATOR` checks an event against the
 event schema and, for a known type, its payload schema (the ``value`` sent, or the default
 ``{}``) in one call, exactly as the two checked apart; :data:`EVENTS_VALIDATOR` does the same
-for a whole list of events.
+for a whole list of events. A deletion (``"deleted": true``) has its value checked against
+the payload schema without its top-level ``required`` (:data:`DELETION_VALIDATORS`): it may
+carry the identity fields alone.
+
+A payload schema may name the fields that identify one measurement with the keyword
+``"x-identity": [...]`` (:data:`IDENTITY_FIELDS`); each must be a property of the schema.
 """
 
 from __future__ import annotations
@@ -78,11 +83,69 @@ PAYLOAD_SCHEMAS: Final[Mapping[str, Mapping[str, Any]]] = MappingProxyType(
 
 KNOWN_EVENT_TYPES: Final = frozenset(PAYLOAD_SCHEMAS)
 
+IDENTITY_KEYWORD: Final = "x-identity"
+
+
+def identity_fields(event_type: str, schema: Mapping[str, Any]) -> tuple[str, ...]:
+    """The fields ``schema`` names in ``x-identity``, sorted (empty without the keyword); a
+    keyword that is not a non-empty list of distinct property names fails the cold start."""
+    fields = schema.get(IDENTITY_KEYWORD)
+    if fields is None:
+        return ()
+    properties = schema.get("properties", {})
+    if (
+        not isinstance(fields, list)
+        or not fields
+        or len(set(map(str, fields))) != len(fields)
+        or not all(isinstance(name, str) and name in properties for name in fields)
+    ):
+        raise ConfigError(
+            f"payload schema {event_type}{PAYLOAD_SCHEMA_SUFFIX}: {IDENTITY_KEYWORD} must be a "
+            "non-empty list of distinct names of its properties"
+        )
+    return tuple(sorted(fields))
+
+
+IDENTITY_FIELDS: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType(
+    {
+        event_type: fields
+        for event_type, schema in PAYLOAD_SCHEMAS.items()
+        if (fields := identity_fields(event_type, schema))
+    }
+)
+"""The identity fields of each event type that declares them, sorted."""
+
+INSTANT_FIELDS: Final[Mapping[str, frozenset[str]]] = MappingProxyType(
+    {
+        event_type: frozenset(
+            name
+            for name in fields
+            if PAYLOAD_SCHEMAS[event_type]["properties"][name].get("format") == "date-time"
+        )
+        for event_type, fields in IDENTITY_FIELDS.items()
+    }
+)
+"""Of each type's identity fields, those that are instants (``"format": "date-time"``): they
+identify by the instant they name, whatever the offset it is written with."""
+
 BATCH_VALIDATOR: Final = compile_schema(BATCH_SCHEMA)
 CONVERT_VALIDATOR: Final = compile_schema(CONVERT_SCHEMA)
 EVENT_VALIDATOR: Final = compile_schema(EVENT_SCHEMA)
 PAYLOAD_VALIDATORS: Final[Mapping[str, jsonschema_rs.Validator]] = MappingProxyType(
     {name: compile_schema(schema) for name, schema in PAYLOAD_SCHEMAS.items()}
+)
+
+
+def _without_required(schema: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in schema.items() if key != "required"}
+
+
+DELETION_SCHEMAS: Final[Mapping[str, Mapping[str, Any]]] = MappingProxyType(
+    {name: MappingProxyType(_without_required(schema)) for name, schema in PAYLOAD_SCHEMAS.items()}
+)
+"""The payload schema a deletion's value is checked against: the type's, without ``required``."""
+DELETION_VALIDATORS: Final[Mapping[str, jsonschema_rs.Validator]] = MappingProxyType(
+    {name: compile_schema(schema) for name, schema in DELETION_SCHEMAS.items()}
 )
 
 
@@ -93,14 +156,19 @@ def _embeddable(schema: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _payload_rule(event_type: str, schema: Mapping[str, Any]) -> dict[str, Any]:
-    """For events of ``event_type``: ``value`` matches the payload schema; an event without
-    ``value`` (which defaults to ``{}``) passes only if ``{}`` does."""
+    """For events of ``event_type``: ``value`` matches the payload schema (a deletion's, the
+    schema without ``required``); an event without ``value`` (which defaults to ``{}``) passes
+    only if ``{}`` does."""
     then: dict[str, Any] = {"properties": {"value": _embeddable(schema)}}
     if not PAYLOAD_VALIDATORS[event_type].is_valid({}):
         then["required"] = ["value"]
     return {
         "if": {"properties": {"event_type": {"const": event_type}}, "required": ["event_type"]},
-        "then": then,
+        "then": {
+            "if": {"properties": {"deleted": {"const": True}}, "required": ["deleted"]},
+            "then": {"properties": {"value": _embeddable(DELETION_SCHEMAS[event_type])}},
+            "else": then,
+        },
     }
 
 

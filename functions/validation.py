@@ -9,8 +9,8 @@ One path validates and normalises every event, valid or not. A batch's events ar
 against their schemas in one call (:data:`functions.schemas.EVENTS_VALIDATOR`), and only the
 events that fail it have their schema errors collected and worded; every event then has its
 timestamp converted (``functions.timestamps.to_utc``), its value encoded as canonical JSON
-(``functions.canonical``) and, when it was sent without ``event_id``, its id derived
-(``functions.ids``).
+(``functions.canonical``) and, when it was sent without ``event_id``, its identity text
+written (``functions.ids``), from which the database derives its id.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from functions import messages, schemas, timestamps
 from functions.canonical import UnstorableValue, canonical_value, compact_json
 from functions.config import Settings
 from functions.errors import MalformedRequest, PayloadTooLarge, TimestampError
-from functions.ids import derive_event_id
+from functions.ids import content_identity, declared_identity
 from functions.messages import FieldError
 
 __all__ = [
@@ -70,7 +70,8 @@ class Envelope:
 class NormalisedEvent(NamedTuple):
     """A valid event, ready for a sink: ids parsed, timestamp in UTC, ``value`` defaulted."""
 
-    id: uuid.UUID
+    id: uuid.UUID | None
+    """The sender's ``event_id``; None when the database derives the id from ``identity``."""
     user_id: uuid.UUID
     event_type: str
     timestamp: datetime
@@ -78,6 +79,10 @@ class NormalisedEvent(NamedTuple):
     value_json: str | None = None
     """``value`` as canonical JSON text (already checked to be storable as jsonb), so that a
     sink need not encode it again; None when the event was built without it."""
+    identity: str | None = None
+    """The identity text of an event sent without ``event_id`` (``functions.ids``)."""
+    revision: int | None = None
+    deleted: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,8 +267,9 @@ def normalise_all(
     in batch order (event ``i`` has index ``i``).
 
     The timestamp becomes aware UTC (see ``functions.timestamps.to_utc``); an event without
-    one gets ``received_at``. The id is the sender's ``event_id`` when given, else derived
-    from the normalised content (``functions.ids``), so that a retried event keeps its id.
+    one gets ``received_at``. The id is the sender's ``event_id`` when given, else the
+    database derives it from the event's identity text (``functions.ids``), so that a retried
+    event keeps its id.
     With ``max_event_bytes``, an event larger than that as compact JSON is rejected for its
     size alone, valid or not.
     """
@@ -416,24 +422,61 @@ def _normalise(
         except UnstorableValue as exc:
             errors.append(FieldError("/value", str(exc)))
 
+    deleted = event.get("deleted") is True
+    sent_id = event.get("event_id")
+    if deleted and sent_id is None and not bad_fields:
+        errors.extend(_unnamed_deletion(event, value))
+
     if errors or moment is None or value_json is None:
         return Rejection(index, echoed_event_id(event), tuple(errors))
 
     # The schemas have been passed: user_id is a UUID, event_id one when sent, event_type a
-    # well-formed string.
+    # well-formed string, revision an integer in range when sent.
     user_id = _user_uuid(event["user_id"])
     event_type: str = event["event_type"]
-    sent_id = event.get("event_id")
+    revision = event.get("revision")
     return NormalisedEvent(
-        id=uuid.UUID(sent_id)
-        if sent_id is not None
-        else derive_event_id(user_id, event_type, moment, value_json),
+        id=None if sent_id is None else uuid.UUID(sent_id),
         user_id=user_id,
         event_type=event_type,
         timestamp=moment,
         value=value,
         value_json=value_json,
+        identity=None
+        if sent_id is not None
+        else _identity(user_id, event_type, moment, value, value_json),
+        # JSON Schema counts 3.0 as an integer; the database takes 3.
+        revision=None if revision is None else int(revision),
+        deleted=deleted,
     )
+
+
+def _identity(
+    user_id: uuid.UUID, event_type: str, moment: datetime, value: dict[str, Any], value_json: str
+) -> str:
+    """The identity text of a valid event sent without event_id: its declared identity
+    fields when its type has them and it carries them all, else its content."""
+    fields = schemas.IDENTITY_FIELDS.get(event_type)
+    if fields:
+        declared = declared_identity(
+            user_id, event_type, value, fields, schemas.INSTANT_FIELDS[event_type]
+        )
+        if declared is not None:
+            return declared
+    return content_identity(user_id, event_type, moment, value_json)
+
+
+def _unnamed_deletion(event: dict[str, Any], value: Any) -> list[FieldError]:
+    """What a deletion without event_id lacks to name the event it deletes: its type's
+    identity fields, or (for a type without them) its timestamp."""
+    event_type = event.get("event_type")
+    fields = schemas.IDENTITY_FIELDS.get(event_type) if isinstance(event_type, str) else None
+    if fields and isinstance(event_type, str):
+        missing = [name for name in fields if not isinstance(value, dict) or name not in value]
+        return [messages.deletion_without_identity(event_type, missing)] if missing else []
+    if "timestamp" not in event:
+        return [messages.DELETION_WITHOUT_TIMESTAMP]
+    return []
 
 
 @functools.lru_cache(maxsize=16_384)
@@ -455,13 +498,15 @@ def _schema_errors(event: dict[str, Any], value: Any, errors: list[FieldError]) 
     event_type = event.get("event_type")
     if not isinstance(event_type, str):
         return frozenset(bad_fields)
-    payload_validator = schemas.PAYLOAD_VALIDATORS.get(event_type)
+    deletion = event.get("deleted") is True
+    validators = schemas.DELETION_VALIDATORS if deletion else schemas.PAYLOAD_VALIDATORS
+    payload_validator = validators.get(event_type)
     if (
         payload_validator is not None
         and isinstance(value, dict)
         and not payload_validator.is_valid(value)
     ):
-        schema = schemas.PAYLOAD_SCHEMAS[event_type]
+        schema = (schemas.DELETION_SCHEMAS if deletion else schemas.PAYLOAD_SCHEMAS)[event_type]
         errors.extend(
             messages.payload_error(error, schema, event_type)
             for error in payload_validator.iter_errors(value)
@@ -513,7 +558,8 @@ def _resolve_timestamp(
 
 
 # What a valid event holds besides `value`, at most: its keys and punctuation, two UUIDs,
-# event_type, timestamp and timezone of at most 64 ASCII characters each (schemas/event.schema.json).
+# event_type, timestamp and timezone of at most 64 ASCII characters each, a revision of at
+# most 16 digits and a boolean (schemas/event.schema.json): under 420 bytes.
 _VALID_EVENT_FIELDS_MAX_BYTES: Final = 512
 
 

@@ -9,7 +9,7 @@
   stores that value unchanged, escapes and all;
 - a batch, whose events are checked against their schemas in one call, gets the answers its
   events get one by one, also when that call cannot read the batch (an unpaired surrogate);
-- derived ids are the documented uuid5.
+- identity texts are the documented canonical JSON.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 
 from functions import schemas, validation
 from functions.canonical import canonical_value, compact_json
-from functions.ids import EVENT_ID_NAMESPACE, derive_event_id
+from functions.ids import content_identity
 from functions.sinks.postgres import PostgresSink
 
 SAMPLES = Path(__file__).parent / "data" / "events"
@@ -223,7 +223,7 @@ def test_direct_sink_stores_the_value_as_sent(db: Any) -> None:
     assert result.inserted == 1
     with db.connect() as conn:
         stored = conn.execute(
-            "select value from engagement_events where id = %s", (event.id,)
+            "select value from engagement_events where user_id = %s", (user,)
         ).fetchone()
     assert stored is not None
     assert stored[0] == tricky
@@ -240,7 +240,8 @@ USER = "a1a1a1a1-0000-4000-8000-000000000001"
 def _same_event(got: validation.NormalisedEvent, want: validation.NormalisedEvent) -> None:
     assert type(got) is validation.NormalisedEvent
     assert got == want
-    assert type(got.id) is uuid.UUID
+    assert got.id is None or type(got.id) is uuid.UUID
+    assert (got.id is None) != (got.identity is None)
     assert type(got.user_id) is uuid.UUID
     assert got.timestamp.tzinfo is UTC
     assert repr(got) == repr(want)
@@ -353,11 +354,11 @@ _storable_text = st.text(st.characters(blacklist_categories=("Cs", "Cc")), max_s
     ),
     st.dictionaries(_storable_text, st.integers() | _storable_text, max_size=3),
 )
-def test_derived_id_is_the_documented_uuid5(
+def test_content_identity_is_the_documented_canonical_json(
     user: uuid.UUID, moment: datetime, value: dict[str, Any]
 ) -> None:
-    """uuid5 of the canonical JSON of [user_id, event_type, instant with six fraction digits
-    in UTC, value], as identity_text documents it, with microseconds and without."""
+    """The canonical JSON of [user_id, event_type, instant with six fraction digits in UTC,
+    value], as functions.ids documents it, with microseconds and without."""
     instant = moment.astimezone(UTC).isoformat(timespec="microseconds")[:-6] + "Z"
     canonical = json.dumps(
         [str(user), "steps_import", instant, value],
@@ -365,7 +366,4 @@ def test_derived_id_is_the_documented_uuid5(
         separators=(",", ":"),
         ensure_ascii=False,
     )
-    derived = derive_event_id(user, "steps_import", moment, canonical_value(value))
-    assert derived == uuid.uuid5(EVENT_ID_NAMESPACE, canonical)
-    assert type(derived) is uuid.UUID
-    assert derived.version == 5
+    assert content_identity(user, "steps_import", moment, canonical_value(value)) == canonical

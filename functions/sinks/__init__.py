@@ -7,8 +7,12 @@ The handler writes through a :class:`Sink` and never knows which one it has:
 - ``functions.sinks.postgres.PostgresSink`` writes straight to PostgreSQL (psycopg 3), one
   transaction per call, usable through Supavisor's transaction pooler.
 
-Both report how many rows were inserted, how many were already there, and which rows belong
-to no user of the project (those are never written and never fail the rest of the batch).
+Both write through one SQL function, ``public.ingest_engagement_events`` (migration 20241230),
+which applies the identity, revision and deletion rules of docs/database.md to a whole batch in
+one statement (the direct sink calls it, the REST sink calls it as the Data API RPC), so the
+two cannot answer differently. Both report how many rows were inserted, updated, deleted and
+already there, which events belong to no user of the project and which name an id that is
+another user's (those are never written and never fail the rest of the batch).
 Both raise only :class:`functions.errors.StoreError` (a refusal: retrying will not help) or
 :class:`functions.errors.StoreUnavailable` (transient: the caller may retry the whole batch,
 which is idempotent because every row carries its id). This module imports neither psycopg
@@ -27,13 +31,19 @@ from typing import Any, Protocol
 from functions.errors import StoreError, StoreUnavailable
 
 __all__ = [
+    "INGEST_FUNCTION",
     "EventRow",
     "FailureRecord",
+    "RateLimit",
     "Sink",
     "WriteResult",
+    "combined",
+    "ingest_element",
     "out_of_time",
+    "rate_arguments",
     "refusal",
     "remaining",
+    "write_result",
 ]
 
 
@@ -41,7 +51,15 @@ class EventRow(Protocol):
     """One validated event, ready to store (the handler's objects have these attributes)."""
 
     @property
-    def id(self) -> uuid.UUID: ...
+    def id(self) -> uuid.UUID | None:
+        """The sender's event_id; None when the database derives it from ``identity``."""
+        ...
+
+    @property
+    def identity(self) -> str | None:
+        """The identity text of an event without id (``functions.ids``)."""
+        ...
+
     @property
     def user_id(self) -> uuid.UUID: ...
     @property
@@ -53,6 +71,21 @@ class EventRow(Protocol):
     def event_type(self) -> str: ...
     @property
     def value(self) -> dict[str, Any]: ...
+    @property
+    def revision(self) -> int | None: ...
+    @property
+    def deleted(self) -> bool: ...
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """The rate limit a write takes first, in the same round trip (``take_rate_limit``)."""
+
+    caller: str
+    events: int
+    """The events the request counts for (all of it, valid or not)."""
+    requests_per_minute: int
+    events_per_minute: int
 
 
 @dataclass(frozen=True)
@@ -60,11 +93,93 @@ class WriteResult:
     """What one :meth:`Sink.write` did."""
 
     inserted: int
-    """Rows newly stored."""
+    """Rows newly stored (deletions of rows not stored yet count in ``deleted``)."""
     duplicates: int
-    """Rows whose id already existed, or repeated an id earlier in the same batch."""
+    """Events that changed nothing: the id was stored with an equal or greater revision (or
+    none), the row was deleted, or another event of the batch with that id was decided."""
+    updated: int = 0
+    """Stored rows replaced by a greater revision."""
+    deleted: int = 0
+    """Rows marked deleted, or stored deleted."""
     unknown_users: tuple[int, ...] = ()
     """Positions (in the rows given) whose user_id is not in auth.users; these were not written."""
+    conflicts: tuple[int, ...] = ()
+    """Positions whose id is another user's (stored, or of an earlier event of the batch);
+    these were not written."""
+    retry_after: int = 0
+    """Seconds to wait when the rate limit refused the request (then nothing was written)."""
+
+    @property
+    def written(self) -> int:
+        """Events the store accepted: inserted, updated, deleted or duplicates."""
+        return self.inserted + self.updated + self.deleted + self.duplicates
+
+
+INGEST_FUNCTION = "ingest_engagement_events"
+
+
+def ingest_element(index: int, row: EventRow) -> dict[str, Any]:
+    """One event as ``ingest_engagement_events`` takes it (JSON-ready: strings for ids and the
+    RFC 3339 timestamp); ``index`` is its position in the rows given."""
+    element: dict[str, Any] = {
+        "index": index,
+        "user_id": str(row.user_id),
+        "timestamp": row.timestamp.isoformat(),
+        "event_type": row.event_type,
+        "value": row.value,
+    }
+    if row.id is not None:
+        element["id"] = str(row.id)
+    else:
+        element["identity"] = row.identity
+    if row.revision is not None:
+        element["revision"] = row.revision
+    if row.deleted:
+        element["deleted"] = True
+    return element
+
+
+def rate_arguments(rate: RateLimit | None) -> dict[str, Any]:
+    """The rate-limit arguments of ``ingest_engagement_events`` (none: no limit taken)."""
+    if rate is None:
+        return {}
+    return {
+        "rate_caller": rate.caller,
+        "rate_requests_per_minute": rate.requests_per_minute,
+        "rate_events_per_minute": rate.events_per_minute,
+        "rate_events": rate.events,
+    }
+
+
+def write_result(answer: Any) -> WriteResult:
+    """The :class:`WriteResult` of what ``ingest_engagement_events`` answered; StoreError for
+    an answer without its counts (no count is ever guessed)."""
+    if not isinstance(answer, dict) or not all(
+        isinstance(answer.get(key), int) for key in ("inserted", "updated", "deleted", "duplicates")
+    ):
+        raise StoreError("the store answered the write without its counts", code="bad_answer")
+    return WriteResult(
+        inserted=answer["inserted"],
+        duplicates=answer["duplicates"],
+        updated=answer["updated"],
+        deleted=answer["deleted"],
+        unknown_users=tuple(answer.get("unknown_users") or ()),
+        conflicts=tuple(answer.get("conflicts") or ()),
+        retry_after=int(answer.get("retry_after") or 0),
+    )
+
+
+def combined(results: Sequence[WriteResult]) -> WriteResult:
+    """The result of a batch written in parts (their positions are the batch's)."""
+    return WriteResult(
+        inserted=sum(r.inserted for r in results),
+        duplicates=sum(r.duplicates for r in results),
+        updated=sum(r.updated for r in results),
+        deleted=sum(r.deleted for r in results),
+        unknown_users=tuple(i for r in results for i in r.unknown_users),
+        conflicts=tuple(i for r in results for i in r.conflicts),
+        retry_after=max((r.retry_after for r in results), default=0),
+    )
 
 
 @dataclass(frozen=True)
@@ -101,11 +216,21 @@ class FailureRecord:
 class Sink(Protocol):
     """Writes batches of events; one instance lives for the whole process and is thread-safe."""
 
-    def write(self, rows: Sequence[EventRow], *, atomic: bool, deadline: float) -> WriteResult:
+    def write(
+        self,
+        rows: Sequence[EventRow],
+        *,
+        atomic: bool,
+        deadline: float,
+        rate: RateLimit | None = None,
+    ) -> WriteResult:
         """Store ``rows``; return by ``deadline`` (a ``time.monotonic()`` value) at the latest.
 
-        ``atomic=True`` writes every row or none: if any row has an unknown user nothing is
-        written and ``inserted`` is 0. ``atomic=False`` writes the rows whose user exists.
+        ``atomic=True`` writes every row or none: if any row has an unknown user or an id of
+        another user, nothing is written and every count is 0. ``atomic=False`` writes the
+        rows whose user exists and whose id is not another user's. With ``rate``, the rate
+        limit is taken first, in the same round trip; when it refuses, nothing is written and
+        ``retry_after`` says for how long.
         """
         ...
 

@@ -16,8 +16,11 @@ Why it looks the way it does:
   while the time budget allows, so a lost connection never needs a redeploy.
 - ``prepare_threshold=None``: no server-side prepared statements, so the sink works through
   Supavisor in transaction mode, where consecutive transactions may land on different backends.
-- Unknown users are found inside the write's own transaction, so a user deleted meanwhile
-  cannot turn a partial write into a foreign-key failure of the whole batch.
+- A write is one call of ``public.ingest_engagement_events`` (the write path both sinks
+  share): it takes the rate limit, finds unknown users and cross-user ids, and inserts,
+  revises or deletes, all in one statement, so a user deleted meanwhile cannot turn a partial
+  write into a foreign-key failure of the whole batch. Its transaction (``BEGIN``, the
+  timeouts, the call, ``COMMIT``) goes out as one pipeline: one round trip per request.
 - ``statement_timeout`` and ``lock_timeout`` are set per transaction (``set_config(..., true)``)
   and never exceed the time left before the deadline.
 """
@@ -31,11 +34,11 @@ import random
 import re
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any
 
+import orjson
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
@@ -43,42 +46,26 @@ from functions.errors import StoreError, StoreUnavailable
 from functions.sinks import (
     EventRow,
     FailureRecord,
+    RateLimit,
     WriteResult,
+    ingest_element,
     out_of_time,
+    rate_arguments,
     refusal,
     remaining,
+    write_result,
 )
 
 logger = logging.getLogger(__name__)
 
 APPLICATION_NAME = "engagement-events-sink"
 
-_UNKNOWN_USERS = "select id from auth.users where id = any(%s::uuid[])"
-
-# COPY into a temporary table, then one insert-select: 56,000 rows/s against 31,000 rows/s for
-# a single insert from unnest() of five arrays (10,000 rows, local PostgreSQL 15, fsync on);
-# both take 4 ms for 100 rows. The table is dropped at commit, so a transaction pooler that
-# hands the next transaction to another client finds nothing left behind.
-_STAGE = """
-create temporary table engagement_events_incoming (
-    id uuid, user_id uuid, "timestamp" timestamptz, event_type text, value jsonb
-) on commit drop
-"""
-_COPY = 'copy engagement_events_incoming (id, user_id, "timestamp", event_type, value) from stdin'
-# Rows go in in id order: two writers of overlapping batches (a client retrying from several
-# workers) then wait for each other in one direction only and cannot deadlock, whatever order
-# each batch came in.
-_INSERT = """
-insert into public.engagement_events (id, user_id, "timestamp", event_type, value)
-select id, user_id, "timestamp", event_type, value from engagement_events_incoming
-order by id
-on conflict (id) do nothing
-"""
+# The one write path (functions.sinks): one statement decides and writes the whole batch.
+# Its rate-limit arguments are null when the write takes no rate limit.
+_INGEST = "select public.ingest_engagement_events(%s::jsonb, %s, %s, %s, %s, %s)"
 
 _RECORD_FAILURES = "select public.record_engagement_failures(%s::jsonb)"
 _TAKE_RATE_LIMIT = "select public.take_engagement_rate_limit(%s, %s, %s, %s)"
-
-_T = TypeVar("_T")
 
 # SQLSTATEs worth another attempt on a fresh connection or transaction: connection
 # exceptions (08), server shutting down or starting (57P01-57P03), out of resources (53),
@@ -138,23 +125,36 @@ class PostgresSink:
 
     # -- the interface -----------------------------------------------------------------
 
-    def write(self, rows: Sequence[EventRow], *, atomic: bool, deadline: float) -> WriteResult:
+    def write(
+        self,
+        rows: Sequence[EventRow],
+        *,
+        atomic: bool,
+        deadline: float,
+        rate: RateLimit | None = None,
+    ) -> WriteResult:
         if not rows:
-            return WriteResult(inserted=0, duplicates=0, unknown_users=())
-        return self._retrying(
-            lambda conn: self._write_once(conn, rows, atomic=atomic, deadline=deadline),
+            return WriteResult(inserted=0, duplicates=0)
+        arguments = rate_arguments(rate)
+        answer = self._retrying(
+            _INGEST,
+            (
+                _document(rows),
+                atomic,
+                arguments.get("rate_caller"),
+                arguments.get("rate_requests_per_minute", 0),
+                arguments.get("rate_events_per_minute", 0),
+                arguments.get("rate_events"),
+            ),
             deadline,
         )
+        return write_result(answer)
 
     def record_failures(self, failures: Sequence[FailureRecord], *, deadline: float) -> int:
         if not failures:
             return 0
         document = json.dumps([failure.as_json() for failure in failures])
-
-        def record(conn: psycopg.Connection[Any]) -> int:
-            return _count(conn.execute(_RECORD_FAILURES, (document,)).fetchone())
-
-        return self._retrying(record, deadline)
+        return _count(self._retrying(_RECORD_FAILURES, (document,), deadline))
 
     def take_rate_limit(
         self,
@@ -165,24 +165,28 @@ class PostgresSink:
         events_per_minute: int,
         deadline: float,
     ) -> int:
-        def take(conn: psycopg.Connection[Any]) -> int:
-            return _count(
-                conn.execute(
-                    _TAKE_RATE_LIMIT, (caller, events, requests_per_minute, events_per_minute)
-                ).fetchone()
+        return _count(
+            self._retrying(
+                _TAKE_RATE_LIMIT, (caller, events, requests_per_minute, events_per_minute), deadline
             )
+        )
 
-        return self._retrying(take, deadline)
-
-    def _retrying(self, operation: Callable[[psycopg.Connection[Any]], _T], deadline: float) -> _T:
-        """Run ``operation`` in one transaction, again on a fresh connection while transient."""
+    def _retrying(self, query: str, params: Sequence[Any], deadline: float) -> Any:
+        """The one value ``query`` answers, run in a transaction of its own, again on a fresh
+        connection while the failure is transient."""
         attempt = 0
         while True:
             attempt += 1
             try:
-                with self._connection(deadline) as conn, conn.transaction():
-                    self._set_timeouts(conn, deadline)
-                    return operation(conn)
+                with self._connection(deadline) as conn:
+                    # BEGIN, the timeouts, the query and COMMIT in one round trip; the answer
+                    # is read once the pipeline has synced.
+                    with conn.pipeline():
+                        with conn.transaction():
+                            self._set_timeouts(conn, deadline)
+                            cursor = conn.execute(query, params)
+                        row = cursor.fetchone()
+                    return row[0] if row else None
             except StoreUnavailable:
                 raise
             except psycopg.Error as exc:
@@ -245,47 +249,6 @@ class PostgresSink:
                 str(min(self._statement_timeout_ms, budget_ms)),
                 str(min(self._lock_timeout_ms, budget_ms)),
             ),
-        )
-
-    def _write_once(
-        self,
-        conn: psycopg.Connection[Any],
-        rows: Sequence[EventRow],
-        *,
-        atomic: bool,
-        deadline: float,
-    ) -> WriteResult:
-        user_ids = list({row.user_id for row in rows})
-        known = {
-            found
-            for (found,) in conn.execute(_UNKNOWN_USERS, (user_ids,)).fetchall()
-            if isinstance(found, uuid.UUID)
-        }
-        unknown = tuple(i for i, row in enumerate(rows) if row.user_id not in known)
-        if unknown and atomic:
-            return WriteResult(inserted=0, duplicates=0, unknown_users=unknown)
-        valid = [row for row in rows if row.user_id in known]
-        if not valid:
-            return WriteResult(inserted=0, duplicates=0, unknown_users=unknown)
-        conn.execute(_STAGE)
-        with conn.cursor() as cursor:
-            with cursor.copy(_COPY) as copy:
-                for row in valid:
-                    copy.write_row(
-                        (
-                            row.id,
-                            row.user_id,
-                            row.timestamp,
-                            row.event_type,
-                            # Validation already encoded the value (NormalisedEvent.value_json).
-                            getattr(row, "value_json", None)
-                            or json.dumps(row.value, ensure_ascii=False),
-                        )
-                    )
-            cursor.execute(_INSERT)
-            inserted = max(cursor.rowcount, 0)
-        return WriteResult(
-            inserted=inserted, duplicates=len(valid) - inserted, unknown_users=unknown
         )
 
     # -- the pool ------------------------------------------------------------------------
@@ -382,9 +345,23 @@ def _connect_refusal_code(message: str) -> str | None:
     return None
 
 
-def _count(row: tuple[Any, ...] | None) -> int:
+def _count(value: Any) -> int:
     """The whole number a one-value query answered (0 for no row or null)."""
-    return int(row[0]) if row and row[0] is not None else 0
+    return int(value) if value is not None else 0
+
+
+def _document(rows: Sequence[EventRow]) -> str:
+    """The batch as ``ingest_engagement_events`` takes it, as JSON text. A value validation
+    already encoded (``NormalisedEvent.value_json``, canonical and checked storable) is
+    embedded as it is, not encoded a second time."""
+    elements = []
+    for index, row in enumerate(rows):
+        element = ingest_element(index, row)
+        value_json = getattr(row, "value_json", None)
+        if value_json is not None:
+            element["value"] = orjson.Fragment(value_json)
+        elements.append(element)
+    return orjson.dumps(elements).decode()
 
 
 def _refusal(exc: psycopg.Error) -> StoreError:

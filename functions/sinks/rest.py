@@ -4,23 +4,25 @@ Why it looks the way it does:
 
 - The supabase client is created on the first write, not at import, so a cold start that
   never writes stays light; it is then reused by every request the process serves.
-- Requests are built by supabase-py (``.table(...).upsert(..., on_conflict="id",
-  ignore_duplicates=True)`` and ``.rpc(...)``) and sent with the library's own ``send``, but
+- Requests are built by supabase-py (``.rpc(...)``) and sent with the library's own ``send``, but
   the answer is read here: the library's ``execute()`` drops the status and the
   ``Retry-After`` header that the retry policy needs, and it never retries a POST anyway.
 - Retries: network errors (a connection dropped before or after the request was processed),
   timeouts, 5xx, 408, 429, PostgREST's connection errors (PGRST000-PGRST003) and a success
-  without the rows it should carry are retried with capped exponential backoff and full
-  jitter; every other answer is final. Every retry is safe: writes ignore ids already stored,
-  the rpcs only read or are idempotent. ``Retry-After`` is honoured up to
+  without the counts it should carry are retried with capped exponential backoff and full
+  jitter; every other answer is final. Every retry is safe: the write path
+  (``ingest_engagement_events``) stores each event once and applies a revision once, the
+  other rpcs are idempotent too. ``Retry-After`` is honoured up to
   ``max_retry_after_s`` (5 s); a longer one is handed to the caller at once. No request and no
   pause outlives the deadline: each request's timeout is what is left of the time budget, and
   a body still arriving when it is spent is cut short.
-- Unknown users are found first with ``rpc("engagement_unknown_user_ids")`` (service_role cannot
-  read auth.users through the Data API); their rows are never sent.
+- Events are written by ``rpc("ingest_engagement_events")``, the write path the direct sink
+  calls too (functions.sinks): it finds unknown users and other users' ids itself and applies
+  the identity rules, so both sinks answer alike. The rate limit rides on the first call.
 - Partial mode sends chunks; chunks are separate transactions, so a failure after the first
   chunk reports how many events are already stored. The caller's retry is idempotent: every
-  row carries its id and duplicates are ignored. Atomic mode sends one request.
+  event's id is its event_id or derived from its identity, and an event already stored is a
+  duplicate. Atomic mode sends one request.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import math
 import random
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, cast
 
@@ -39,12 +41,18 @@ import httpx
 
 from functions.errors import StoreError, StoreUnavailable
 from functions.sinks import (
+    INGEST_FUNCTION,
     EventRow,
     FailureRecord,
+    RateLimit,
     WriteResult,
+    combined,
+    ingest_element,
     out_of_time,
+    rate_arguments,
     refusal,
     remaining,
+    write_result,
 )
 
 if TYPE_CHECKING:
@@ -54,8 +62,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-TABLE = "engagement_events"
-UNKNOWN_USERS_FUNCTION = "engagement_unknown_user_ids"
 RECORD_FAILURES_FUNCTION = "record_engagement_failures"
 RATE_LIMIT_FUNCTION = "take_engagement_rate_limit"
 
@@ -101,31 +107,34 @@ class RestSink:
 
     # -- the interface -----------------------------------------------------------------
 
-    def write(self, rows: Sequence[EventRow], *, atomic: bool, deadline: float) -> WriteResult:
+    def write(
+        self,
+        rows: Sequence[EventRow],
+        *,
+        atomic: bool,
+        deadline: float,
+        rate: RateLimit | None = None,
+    ) -> WriteResult:
         if not rows:
-            return WriteResult(inserted=0, duplicates=0, unknown_users=())
+            return WriteResult(inserted=0, duplicates=0)
         client = self._supabase()
-        unknown_ids = self._unknown_user_ids(client, rows, deadline)
-        unknown = tuple(i for i, row in enumerate(rows) if str(row.user_id) in unknown_ids)
-        if unknown and atomic:
-            return WriteResult(inserted=0, duplicates=0, unknown_users=unknown)
-        valid = [_as_json(row) for row in rows if str(row.user_id) not in unknown_ids]
-        size = len(valid) if atomic else self._chunk_size
-        inserted = stored = 0
-        for start in range(0, len(valid), size):
-            chunk = valid[start : start + size]
-            request = (
-                client.table(TABLE)
-                .upsert(chunk, on_conflict="id", ignore_duplicates=True)
-                .select("id")
-                .request
-            )
-            answer = self._send(request, deadline, stored=stored, expect_rows=True)
-            inserted += len(_rows_of(answer))
-            stored += len(chunk)
-        return WriteResult(
-            inserted=inserted, duplicates=len(valid) - inserted, unknown_users=unknown
-        )
+        elements = [ingest_element(index, row) for index, row in enumerate(rows)]
+        size = len(elements) if atomic else self._chunk_size
+        results: list[WriteResult] = []
+        stored = 0
+        for start in range(0, len(elements), size):
+            chunk = elements[start : start + size]
+            params: dict[str, Any] = {"events": chunk, "atomic": atomic}
+            if start == 0:
+                params.update(rate_arguments(rate))
+            # postgrest-py types rpc params as dict[str, str]; PostgREST takes any JSON value.
+            request = client.rpc(INGEST_FUNCTION, cast(dict[str, str], params)).request
+            result = write_result(self._send(request, deadline, stored=stored, expect_counts=True))
+            if result.retry_after:
+                return result  # the rate limit refused the request: nothing was written
+            results.append(result)
+            stored += result.written
+        return combined(results)
 
     def record_failures(self, failures: Sequence[FailureRecord], *, deadline: float) -> int:
         if not failures:
@@ -187,37 +196,19 @@ class RestSink:
                 self._client = create_client(self._url, self._key, options=options)
             return self._client
 
-    def _unknown_user_ids(
-        self, client: Client, rows: Sequence[EventRow], deadline: float
-    ) -> set[str]:
-        ids = sorted({str(row.user_id) for row in rows})
-        # postgrest-py types rpc params as dict[str, str]; PostgREST takes any JSON value.
-        params = cast(dict[str, str], {"ids": ids})
-        answer = self._send(
-            client.rpc(UNKNOWN_USERS_FUNCTION, params).request, deadline, stored=0, expect_rows=True
-        )
-        unknown: set[str] = set()
-        # A set-returning function of a scalar answers a JSON array of values (older PostgREST
-        # versions wrap each in an object named after the function).
-        for item in _rows_of(answer):
-            value = item.get(UNKNOWN_USERS_FUNCTION) if isinstance(item, Mapping) else item
-            if isinstance(value, str):
-                unknown.add(value.lower())
-        return unknown
-
     def _send(
         self,
         request: RequestConfig[httpx.Client],
         deadline: float,
         *,
         stored: int,
-        expect_rows: bool = False,
+        expect_counts: bool = False,
     ) -> Any:
         """Send one request, retrying transient failures; the decoded JSON of the answer.
 
-        With ``expect_rows`` a success must carry a JSON array (the rows PostgREST returns): any
-        other body (a proxy's page, a cut answer) says nothing about what was stored, so it is
-        retried like a network error rather than counted as "nothing inserted".
+        With ``expect_counts`` a success must carry the counts of a write (a JSON object with
+        ``inserted``): any other body (a proxy's page, a cut answer) says nothing about what was
+        stored, so it is retried like a network error rather than counted as "nothing stored".
         """
         attempt = 0
         while True:
@@ -239,9 +230,9 @@ class RestSink:
             else:
                 if response.is_success:
                     answer = _json(response)
-                    if not expect_rows or isinstance(answer, list):
+                    if not expect_counts or (isinstance(answer, dict) and "inserted" in answer):
                         return answer
-                    code, why = "bad_answer", "the Data API answered without the rows"
+                    code, why = "bad_answer", "the Data API answered without the counts"
                 else:
                     body = _error_body(response)
                     code = body.get("code") or str(response.status_code)
@@ -327,21 +318,6 @@ class _DeadlineStream(httpx.SyncByteStream):
         self._stream.close()
 
 
-def _as_json(row: EventRow) -> dict[str, object]:
-    """One row as the Data API takes it: string uuids, RFC 3339 UTC timestamps."""
-    return {
-        "id": str(row.id),
-        "user_id": str(row.user_id),
-        "timestamp": _rfc3339(row.timestamp),
-        "event_type": row.event_type,
-        "value": row.value,
-    }
-
-
-def _rfc3339(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
 def _json(response: httpx.Response) -> Any:
     if not response.content:
         return None
@@ -349,10 +325,6 @@ def _json(response: httpx.Response) -> Any:
         return response.json()
     except ValueError:
         return None
-
-
-def _rows_of(answer: Any) -> list[Any]:
-    return list(answer) if isinstance(answer, list) else []
 
 
 def _error_body(response: httpx.Response) -> dict[str, str | None]:
@@ -392,4 +364,4 @@ def _retry_after(response: httpx.Response) -> float | None:
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
-__all__ = ["TABLE", "UNKNOWN_USERS_FUNCTION", "RestSink"]
+__all__ = ["RestSink"]

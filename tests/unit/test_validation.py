@@ -18,7 +18,7 @@ import pytest
 
 from functions.canonical import canonical_value
 from functions.errors import MalformedRequest, PayloadTooLarge
-from functions.ids import EVENT_ID_NAMESPACE, derive_event_id
+from functions.ids import content_identity
 from functions.messages import MAX_NAMED_UNKNOWN_KEYS
 from functions.validation import (
     Envelope,
@@ -96,10 +96,12 @@ def test_valid_sample_is_accepted_and_normalised(case: dict[str, Any]) -> None:
     assert result.value == event.get("value", {})
     if "event_id" in event:
         assert result.id == uuid.UUID(event["event_id"])
+        assert result.identity is None
     else:
-        assert result.id == derive_event_id(
-            result.user_id, result.event_type, result.timestamp, canonical_value(result.value)
-        )
+        # The database derives the id from the identity text (functions.ids).
+        assert result.id is None
+        assert result.identity is not None
+        assert result.identity.startswith(f'["{result.user_id}","{result.event_type}",')
 
 
 @pytest.mark.parametrize("case", _cases("invalid"))
@@ -465,14 +467,14 @@ def test_unknown_default_timezone_is_reported_at_the_timestamp() -> None:
     assert "default_timezone" in error.message
 
 
-# --- deterministic ids ------------------------------------------------------------------------
+# --- identity (the database derives ids from it) ------------------------------------------------------------------------
 
 
 def test_same_event_sent_twice_gets_the_same_id() -> None:
     first = _accepted(_steps())
     again = _accepted(json.loads(json.dumps(_steps())))
 
-    assert first.id == again.id
+    assert first.identity == again.identity
 
 
 def test_key_order_does_not_change_the_id() -> None:
@@ -480,7 +482,7 @@ def test_key_order_does_not_change_the_id() -> None:
     reordered = dict(reversed(list(event.items())))
     reordered["value"] = dict(reversed(list(event["value"].items())))
 
-    assert _accepted(event).id == _accepted(reordered).id
+    assert _accepted(event).identity == _accepted(reordered).identity
 
 
 def test_same_instant_with_another_offset_gets_the_same_id() -> None:
@@ -488,11 +490,11 @@ def test_same_instant_with_another_offset_gets_the_same_id() -> None:
     in_utc = _accepted(_steps(timestamp="2024-12-01T07:30:00Z"))
     as_local = _accepted(_steps(timestamp="2024-12-01T02:30:00", timezone="America/New_York"))
 
-    assert in_berlin.id == in_utc.id == as_local.id
+    assert in_berlin.identity == in_utc.identity == as_local.identity
 
 
 def test_upper_case_user_id_gets_the_same_id() -> None:
-    assert _accepted(_steps(user_id=USER.upper())).id == _accepted(_steps()).id
+    assert _accepted(_steps(user_id=USER.upper())).identity == _accepted(_steps()).identity
 
 
 @pytest.mark.parametrize(
@@ -507,7 +509,7 @@ def test_upper_case_user_id_gets_the_same_id() -> None:
     ],
 )
 def test_any_content_change_gives_another_id(change: dict[str, Any]) -> None:
-    assert _accepted(_steps(**change)).id != _accepted(_steps()).id
+    assert _accepted(_steps(**change)).identity != _accepted(_steps()).identity
 
 
 def test_event_id_is_used_verbatim() -> None:
@@ -531,24 +533,164 @@ def test_event_without_timestamp_gets_its_id_from_the_time_of_receipt() -> None:
 
     now, later = at(RECEIVED_AT), at(RECEIVED_AT + timedelta(seconds=1))
     assert now.timestamp == RECEIVED_AT
-    assert now.id != later.id
-    assert now.id == at(RECEIVED_AT).id
+    assert now.identity != later.identity
+    assert now.identity == at(RECEIVED_AT).identity
 
 
-def test_derived_id_format_is_pinned() -> None:
-    """The derivation is part of the stored data; this known answer must never change."""
+def test_content_identity_format_is_pinned() -> None:
+    """The identity text is part of the stored data (ids are derived from it); this known
+    answer must never change."""
     moment = datetime(2024, 12, 1, 7, 30, tzinfo=UTC)
     value = {"steps": 8000, "source": "garmin", "note": "Grüße"}
 
-    derived = derive_event_id(uuid.UUID(USER), "steps_import", moment, canonical_value(value))
-
-    canonical = (
-        '["7d9f4c1e-2b3a-4c5d-8e6f-0a1b2c3d4e5f","steps_import","2024-12-01T07:30:00.000000Z",'
+    assert content_identity(uuid.UUID(USER), "app_open", moment, canonical_value(value)) == (
+        '["7d9f4c1e-2b3a-4c5d-8e6f-0a1b2c3d4e5f","app_open","2024-12-01T07:30:00.000000Z",'
         '{"note":"Grüße","source":"garmin","steps":8000}]'
     )
-    assert derived == uuid.uuid5(EVENT_ID_NAMESPACE, canonical)
-    assert derived == uuid.UUID("30e79888-e65c-51ae-8769-8750c7174081")
-    assert derived.version == 5
+
+
+def test_declared_identity_format_is_pinned() -> None:
+    result = _accepted(
+        _steps(
+            value={
+                "steps": 8000,
+                "source": "garmin",
+                "period_start": "2024-12-01T00:00:00+01:00",
+                "period_end": "2024-12-02T00:00:00+01:00",
+            }
+        )
+    )
+
+    assert result.identity == (
+        '["7d9f4c1e-2b3a-4c5d-8e6f-0a1b2c3d4e5f","steps_import",'
+        '{"period_end":"2024-12-01T23:00:00.000000Z","period_start":"2024-11-30T23:00:00.000000Z",'
+        '"source":"garmin"}]'
+    )
+
+
+def _period(steps: int = 8000, **value: Any) -> dict[str, Any]:
+    return _steps(
+        value={
+            "steps": steps,
+            "source": "garmin",
+            "period_start": "2024-12-01T00:00:00Z",
+            "period_end": "2024-12-02T00:00:00Z",
+            **value,
+        }
+    )
+
+
+def test_a_new_total_for_the_same_period_is_the_same_measurement() -> None:
+    morning = _accepted(_period(1200, device="Forerunner 265"))
+    evening = _accepted(_period(9400) | {"timestamp": "2024-12-01T21:00:00Z"})
+
+    assert morning.identity == evening.identity
+
+
+def test_period_instants_are_compared_in_utc() -> None:
+    in_utc = _accepted(_period())
+    in_berlin = _accepted(
+        _period(period_start="2024-12-01T01:00:00+01:00", period_end="2024-12-02T01:00:00+01:00")
+    )
+
+    assert in_berlin.identity == in_utc.identity
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"source": "fitbit"},
+        {"period_start": "2024-12-01T00:00:01Z"},
+        {"period_end": "2024-12-01T12:00:00Z"},
+    ],
+)
+def test_another_source_or_period_is_another_measurement(change: dict[str, Any]) -> None:
+    assert _accepted(_period(**change)).identity != _accepted(_period()).identity
+
+
+def test_identity_fields_are_the_users_own() -> None:
+    other = "7d9f4c1e-2b3a-4c5d-8e6f-0a1b2c3d4e60"
+    assert _accepted(_period() | {"user_id": other}).identity != _accepted(_period()).identity
+
+
+def test_without_all_identity_fields_the_content_identifies() -> None:
+    partial = _accepted(
+        _steps(value={"steps": 8000, "source": "garmin", "period_start": "2024-12-01T00:00:00Z"})
+    )
+
+    assert partial.identity == content_identity(
+        uuid.UUID(USER), "steps_import", partial.timestamp, canonical_value(partial.value)
+    )
+
+
+# --- revisions and deletions ------------------------------------------------------------------
+
+
+def test_revision_and_deletion_are_carried() -> None:
+    result = _accepted(_period() | {"revision": 1733090400000.0, "deleted": True})
+
+    assert result.revision == 1733090400000
+    assert type(result.revision) is int
+    assert result.deleted is True
+
+
+@pytest.mark.parametrize("revision", [-1, 2**53, 1.5, "7", True])
+def test_revision_must_be_a_whole_number_from_0_to_2_53_minus_1(revision: Any) -> None:
+    (error,) = _rejected(_steps(revision=revision)).errors
+    assert error.path == "/revision"
+
+
+def test_a_deletion_may_carry_its_identity_fields_alone() -> None:
+    deletion = _accepted(
+        _period()
+        | {
+            "deleted": True,
+            "value": {
+                "source": "garmin",
+                "period_start": "2024-12-01T00:00:00Z",
+                "period_end": "2024-12-02T00:00:00Z",
+            },
+        }
+    )
+
+    assert deletion.deleted
+    assert deletion.identity == _accepted(_period()).identity
+
+
+def test_a_deletion_with_event_id_may_carry_nothing() -> None:
+    event_id = "0b8e5b8a-4a7e-4f0e-9a55-1c2d3e4f5a6b"
+    deletion = _accepted(
+        {"user_id": USER, "event_type": "steps_import", "event_id": event_id, "deleted": True}
+    )
+
+    assert deletion.id == uuid.UUID(event_id)
+    assert deletion.value == {}
+
+
+def test_a_deletion_without_event_id_must_name_its_identity_fields() -> None:
+    (error,) = _rejected(
+        _steps(deleted=True, value={"source": "garmin", "period_start": "2024-12-01T00:00:00Z"})
+    ).errors
+
+    assert error == FieldError(
+        "/value",
+        "a deletion without event_id names the steps_import event it deletes by its identity "
+        "fields; /value lacks period_end",
+    )
+
+
+def test_a_deletion_is_still_checked_against_its_payload_schema() -> None:
+    (error,) = _rejected(_period(steps=-1) | {"deleted": True}).errors
+
+    assert error.path == "/value/steps"
+
+
+def test_a_deletion_of_a_type_without_identity_fields_needs_its_timestamp() -> None:
+    event = {"user_id": USER, "event_type": "app_open", "deleted": True}
+
+    (error,) = _rejected(event).errors
+
+    assert error.path == "/timestamp"
 
 
 # --- batches ----------------------------------------------------------------------------------
