@@ -268,8 +268,8 @@ def make_events(
 ) -> list[dict[str, Any]]:
     """``count`` events as a wearables integration sends them, JSON-ready and deterministic.
 
-    The three known event types in equal parts, with payloads their schemas accept; half carry
-    an ``event_id``. Timestamps (2024, in the past): ``local_share`` are local wall-clock times
+    The three known event types in equal parts, with payloads their schemas accept (each step
+    count for a period of its own); half carry an ``event_id``. Timestamps (2024, in the past): ``local_share`` are local wall-clock times
     without offset and with the event's ``timezone``; of the rest half end in ``Z`` and half
     carry an offset. ``invalid_share`` of the events are broken in one of the ways senders
     break them (an unknown payload property, a timestamp in a DST gap, an unknown zone, a
@@ -317,12 +317,17 @@ def make_events(
                 "streak_days": rng.randrange(0, 60),
             }
         else:
+            # An hour's count, for an hour drawn from 25 years: the period identifies the
+            # measurement (x-identity), so each generated one is a measurement of its own.
+            start = datetime(2000, 1, 1, tzinfo=UTC) + timedelta(
+                minutes=rng.randrange(25 * 365 * 24 * 60)
+            )
             event["event_type"] = "steps_import"
             event["value"] = {
                 "steps": rng.randrange(0, 30000),
                 "source": ("apple_health", "google_fit", "fitbit", "garmin")[n % 4],
-                "period_start": moment.strftime("%Y-%m-%dT00:00:00Z"),
-                "period_end": moment.strftime("%Y-%m-%dT23:59:59Z"),
+                "period_start": start.strftime("%Y-%m-%dT%H:%M:00Z"),
+                "period_end": (start + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:00Z"),
                 "device": "Apple Watch Series 9",
             }
         if rng.random() < with_event_id_share:
@@ -361,7 +366,9 @@ class EventLike(Protocol):
     """What a validated event has (functions.validation.NormalisedEvent does)."""
 
     @property
-    def id(self) -> uuid.UUID: ...
+    def id(self) -> uuid.UUID | None: ...
+    @property
+    def identity(self) -> str | None: ...
     @property
     def user_id(self) -> uuid.UUID: ...
     @property
@@ -372,6 +379,18 @@ class EventLike(Protocol):
     def value(self) -> dict[str, Any]: ...
 
 
+_BASELINE_IDS = uuid.UUID("5b0c8f8e-3c1a-4d2e-9f10-6a7b8c9d0e1f")
+
+
+def baseline_id(row: EventLike) -> uuid.UUID:
+    """The id a baseline (COPY, a direct insert) stores a row under: its event_id, else a
+    uuid5 of its identity text. The functions' own derived ids are a keyed hash computed in
+    the database; a baseline only needs an id that is the same for the same event."""
+    if row.id is not None:
+        return row.id
+    return uuid.uuid5(_BASELINE_IDS, row.identity or "")
+
+
 def render_copy(rows: Sequence[EventLike]) -> bytes:
     """The rows in COPY's text format, ready to stream: what ``psql \\copy`` would send."""
     lines = []
@@ -380,7 +399,7 @@ def render_copy(rows: Sequence[EventLike]) -> bytes:
         # JSON escapes tabs, newlines and control characters itself; COPY's text format
         # additionally needs each backslash doubled.
         lines.append(
-            f"{row.id}\t{row.user_id}\t{row.timestamp.isoformat()}\t{row.event_type}\t"
+            f"{baseline_id(row)}\t{row.user_id}\t{row.timestamp.isoformat()}\t{row.event_type}\t"
             f"{value.replace(chr(92), chr(92) * 2)}\n"
         )
     return "".join(lines).encode()

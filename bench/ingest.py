@@ -9,11 +9,11 @@ same rows (validated and rendered in the benchmark, untimed) loaded with one COP
 other database. The order alternates between repetitions; medians are reported.
 
 The breakdown times the handler's stages in-process with the handler's own code: reading and
-parsing the body (``functions.http.read_json``), the rate limit's round trip
-(``PostgresSink.take_rate_limit``), validation (``functions.validation.normalise_all`` as the
-handler calls it, with its per-event size check) less conversion, conversion (the difference
-to validating the same events without timestamp and zone), and the sink's write
-(``PostgresSink.write``); what the HTTP
+parsing the body (``functions.http.read_json``),
+validation (``functions.validation.normalise_all`` as the handler calls it, with its
+per-event size check) less conversion, conversion (the difference to validating the same
+events without timestamp and zone), and the sink's write (``PostgresSink.write`` with the
+rate limit, one call of ``ingest_engagement_events`` as the handler makes it); what the HTTP
 round trip costs beyond their sum is HTTP and gunicorn, the framework, authentication, the
 response and its log line.
 """
@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import queue
-import threading
 import time
 import uuid
 from datetime import UTC, datetime
@@ -39,7 +37,7 @@ from bench import common
 from functions import http as fhttp
 from functions import validation
 from functions.config import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_EVENT_BYTES
-from functions.sinks import postgres as sink_sql
+from functions.sinks import RateLimit
 from functions.sinks.postgres import PostgresSink
 from localdb import functions_local
 
@@ -126,16 +124,6 @@ def breakdown(body: bytes, sink: PostgresSink) -> dict[str, float]:
     parsed = fhttp.read_json(request, max_body_bytes=DEFAULT_MAX_BODY_BYTES)
     parse = time.perf_counter() - started
 
-    started = time.perf_counter()
-    sink.take_rate_limit(
-        "bench:ingest",
-        len(parsed["events"]),
-        requests_per_minute=1_000_000,
-        events_per_minute=1_000_000_000,
-        deadline=time.monotonic() + 60,
-    )
-    rate_limit = time.perf_counter() - started
-
     received_at = datetime.now(UTC)
     limit = DEFAULT_MAX_EVENT_BYTES
     max_event_bytes = None if fhttp.body_at_most(request, limit) else limit  # as the handler
@@ -169,13 +157,17 @@ def breakdown(body: bytes, sink: PostgresSink) -> dict[str, float]:
 
     valid = [row for row in rows if isinstance(row, validation.NormalisedEvent)]
     started = time.perf_counter()
-    result = sink.write(valid, atomic=False, deadline=time.monotonic() + 300)
+    result = sink.write(
+        valid,
+        atomic=False,
+        deadline=time.monotonic() + 300,
+        rate=RateLimit("bench:ingest", len(valid), 1_000_000, 1_000_000_000),
+    )
     write = time.perf_counter() - started
     if result.inserted != len(valid):
         raise RuntimeError(f"the sink stored {result.inserted} of {len(valid)} rows")
     return {
         "parse": parse,
-        "rate_limit": rate_limit,
         "validate": validate_and_convert - convert,
         "convert": convert,
         "write": write,
@@ -205,7 +197,7 @@ def _values_insert(
             params: list[Any] = []
             for row in part:
                 params += [
-                    row.id,
+                    common.baseline_id(row),
                     row.user_id,
                     row.timestamp,
                     row.event_type,
@@ -219,7 +211,7 @@ def _unnest_insert(conn: psycopg.Connection[Any], rows: list[validation.Normalis
         conn.execute(
             _INSERT_UNNEST,
             (
-                [r.id for r in rows],
+                [common.baseline_id(r) for r in rows],
                 [r.user_id for r in rows],
                 [r.timestamp for r in rows],
                 [r.event_type for r in rows],
@@ -251,7 +243,7 @@ def write_strategies(
         fresh.close()
 
     strategies: dict[str, tuple[int, Any]] = {
-        "sink: COPY to temp table + insert-select, one transaction": (
+        "sink: ingest_engagement_events, one call": (
             size,
             lambda rows: sink_chunks(rows, len(rows)),
         ),
@@ -295,88 +287,6 @@ def write_strategies(
     }
 
 
-# --- a prototype of overlapping validation with the write -------------------------------------
-
-
-def _validate_then_write(events: list[dict[str, Any]], sink: PostgresSink) -> None:
-    """What batch_import does today: validate every event, then write them all."""
-    rows = normalise(events)
-    sink.write(rows, atomic=False, deadline=time.monotonic() + 300)
-
-
-def _validate_while_writing(
-    events: list[dict[str, Any]], conn: psycopg.Connection[Any], chunk: int
-) -> None:
-    """The same work overlapped: a thread validates chunks of ``chunk`` events while this one
-    writes the chunks before, all in one transaction with the sink's own SQL (PostgreSQL works
-    on chunk k, and releases the GIL while it does, while Python validates chunk k+1)."""
-    chunks: queue.Queue[list[validation.NormalisedEvent] | BaseException | None] = queue.Queue(2)
-
-    def produce() -> None:
-        try:
-            received_at = datetime.now(UTC)
-            for start in range(0, len(events), chunk):
-                rows = validation.normalise_all(
-                    events[start : start + chunk], default_timezone=None, received_at=received_at
-                )
-                chunks.put([row for row in rows if isinstance(row, validation.NormalisedEvent)])
-            chunks.put(None)
-        except Exception as exc:  # noqa: BLE001 - handed to the writer, which re-raises it
-            chunks.put(exc)
-
-    producer = threading.Thread(target=produce)
-    producer.start()
-    known: set[uuid.UUID] = set()
-    try:
-        with conn.transaction(), conn.cursor() as cur:
-            cur.execute(sink_sql._STAGE)
-            while (item := chunks.get()) is not None:
-                if isinstance(item, BaseException):
-                    raise item
-                new_users = list({row.user_id for row in item} - known)
-                if new_users:
-                    known.update(r[0] for r in cur.execute(sink_sql._UNKNOWN_USERS, (new_users,)))
-                with cur.copy(sink_sql._COPY) as copy:
-                    for row in item:
-                        if row.user_id in known:
-                            copy.write_row(
-                                (row.id, row.user_id, row.timestamp, row.event_type, row.value_json)
-                            )
-                cur.execute(sink_sql._INSERT)
-                cur.execute("delete from engagement_events_incoming")
-    finally:
-        producer.join()
-
-
-def overlap_prototype(
-    db_url: str, users: list[uuid.UUID], size: int, repeats: int, chunk: int = 1_000
-) -> dict[str, Any]:
-    """Milliseconds to validate and write ``size`` events, today's way and overlapped."""
-    sink = PostgresSink(db_url)
-    conn = psycopg.connect(db_url, autocommit=True, prepare_threshold=None)
-    serial: list[float] = []
-    overlapped: list[float] = []
-    seed = 70_000
-    try:
-        for _ in range(repeats):
-            seed += 2
-            first = common.make_events(size, users, seed=seed)
-            second = common.make_events(size, users, seed=seed + 1)
-            serial.append(common.timed(lambda: _validate_then_write(first, sink)))  # noqa: B023
-            overlapped.append(
-                common.timed(lambda: _validate_while_writing(second, conn, chunk))  # noqa: B023
-            )
-    finally:
-        sink.close()
-        conn.close()
-    return {
-        "events": size,
-        "chunk": chunk,
-        "validate_then_write_ms": round(common.median(serial) * 1000, 1),
-        "validate_while_writing_ms": round(common.median(overlapped) * 1000, 1),
-    }
-
-
 # --- the run -----------------------------------------------------------------------------------
 
 
@@ -406,7 +316,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     stages: list[dict[str, float]] = []
     requests: list[tuple[int, float]] = []  # (events, seconds) of every timed request
     strategies: dict[str, dict[str, float]] = {}
-    overlap: dict[str, Any] = {}
 
     # Durable (fsync on) for real figures; the smoke run only proves the benchmark works.
     with common.bench_database(durable=not args.quick) as template:
@@ -450,8 +359,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 common.copy_rows(copy_db, common.render_copy(normalise(events)))
             if not args.skip_strategies:
                 strategies = write_strategies(side_db.url, users, min(per_request, 10_000), repeats)
-                size = min(per_request, 10_000)
-                overlap = overlap_prototype(side_db.url, users, size, repeats, max(100, size // 10))
         finally:
             server.stop()
             fn_sink.close()
@@ -495,7 +402,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "users": user_count,
         "breakdown_per_request": stage_table,
         "write_strategies": strategies,
-        "overlap_prototype": overlap,
         "bar": f"batch_import at least {BAR} of the COPY rate",
         "bar_met": all(entry["ratio"] >= BAR for entry in per_size.values()),
     }
@@ -510,12 +416,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print("  write strategies (rows/s, median):")
         for name, entry in strategies.items():
             print(f"    {entry['rows_per_second']:>9,}  {name}")
-    if overlap:
-        print(
-            f"  prototype, {overlap['events']:,} events validated and written in one transaction:"
-            f" one after the other {overlap['validate_then_write_ms']:,.0f} ms, overlapped in"
-            f" chunks of {overlap['chunk']:,} {overlap['validate_while_writing_ms']:,.0f} ms"
-        )
     _, img_dir = common.output_dirs(args)
     figures["plot"] = plot(per_size, stage_table, img_dir / "ingest.png")
     common.write_results("ingest", figures, args, machine)

@@ -133,7 +133,7 @@ class ExplodingSink:
     """A sink whose write fails with an unexpected error quoting the payload, as a driver error
     about a value might."""
 
-    def write(self, rows: Sequence[Any], *, atomic: bool, deadline: float) -> WriteResult:
+    def write(self, rows: Sequence[Any], *, atomic: bool, deadline: float, **rate: Any) -> WriteResult:
         raise RuntimeError(f"cannot adapt value {rows[0].value!r} ({PAYLOAD})")
 
     def record_failures(self, failures: Sequence[FailureRecord], *, deadline: float) -> int:
@@ -246,11 +246,9 @@ class StandIn:
                 sent = json_http.read_body(self)
                 if self.path.startswith("/rest/v1/rpc/take_engagement_rate_limit"):
                     self._answer(200, 0)
-                elif self.path.startswith("/rest/v1/rpc/engagement_unknown_user_ids"):
-                    self._answer(200, [])
                 elif self.path.startswith("/rest/v1/rpc/record_engagement_failures"):
                     self._answer(200, len(sent["failures"]))
-                elif self.path.startswith("/rest/v1/engagement_events"):
+                elif self.path.startswith("/rest/v1/rpc/ingest_engagement_events"):
                     if stand_in.events_answer == "refuse":
                         self._answer(
                             400,
@@ -274,7 +272,17 @@ class StandIn:
                             **{"Retry-After": "30"},
                         )
                     else:
-                        self._answer(201, [{"id": row["id"]} for row in sent])
+                        counts = {"updated": 0, "deleted": 0, "duplicates": 0}
+                        self._answer(
+                            200,
+                            {
+                                "inserted": len(sent["events"]),
+                                **counts,
+                                "unknown_users": [],
+                                "conflicts": [],
+                                "retry_after": None,
+                            },
+                        )
                 else:
                     self._answer(404, {})
 

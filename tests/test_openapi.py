@@ -32,7 +32,7 @@ from functions.errors import (
     StoreUnavailable,
     UnsupportedMediaType,
 )
-from functions.sinks import FailureRecord, WriteResult
+from functions.sinks import FailureRecord, RateLimit, WriteResult
 from localdb.cluster import ROOT, free_port
 from tests import openapi_contract as contract
 from tests.conftest import (
@@ -304,7 +304,18 @@ class FakeSink:
         self.wait = wait
         self.rate_checks = 0
 
-    def write(self, rows: Sequence[Any], *, atomic: bool, deadline: float) -> WriteResult:
+    def write(
+        self,
+        rows: Sequence[Any],
+        *,
+        atomic: bool,
+        deadline: float,
+        rate: RateLimit | None = None,
+    ) -> WriteResult:
+        if rate is not None:
+            self.rate_checks += 1
+            if self.wait:
+                return WriteResult(inserted=0, duplicates=0, retry_after=self.wait)
         if self.fail is not None:
             raise self.fail
         return WriteResult(inserted=len(rows), duplicates=0)

@@ -203,12 +203,14 @@ def test_direct_sink_stores_the_value_as_sent(db: Any) -> None:
         "device": 'quote " backslash \\ tab \t newline \n é 漢字 \U0001f600 \\u0000 as text',
         "steps": 12,
     }
+    event_id = uuid.uuid4()
     event = validation.normalise_event(
         {
             "user_id": user,
             "event_type": "steps_import",
             "timestamp": "2024-06-01T12:00:00Z",
             "value": tricky,
+            "event_id": str(event_id),
         },
         0,
         default_timezone=None,
@@ -223,7 +225,7 @@ def test_direct_sink_stores_the_value_as_sent(db: Any) -> None:
     assert result.inserted == 1
     with db.connect() as conn:
         stored = conn.execute(
-            "select value from engagement_events where user_id = %s", (user,)
+            "select value from engagement_events where id = %s", (event_id,)
         ).fetchone()
     assert stored is not None
     assert stored[0] == tricky
