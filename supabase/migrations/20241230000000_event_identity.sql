@@ -300,23 +300,28 @@ begin
                               excluded.revision is not null
                               and (e.revision is null or excluded.revision > e.revision)
                       end
-            returning e.id
+            -- xmax is 0 in a row this statement inserted and set in one it updated: what the
+            -- row was when the insert met it, even if a concurrent request committed it after
+            -- this statement's snapshot was taken.
+            returning e.id, e.xmax::text = '0' as fresh
         ),
         -- The decided events with what became of them. A union and a grouping rather than a
         -- join: the planner cannot know how many rows a CTE holds and would loop over both.
         decided as (
             select u.id,
                    pg_catalog.bool_or(u.written) as written,
+                   pg_catalog.bool_or(u.fresh) as fresh,
                    pg_catalog.bool_or(u.stored) as stored,
                    pg_catalog.bool_or(u.deleted) as deleted,
                    pg_catalog.max(u."index") as "index",
                    pg_catalog.max(u.ord) as ord
             from (
-                select r.id, false as written, r.stored, r.deleted, r."index", r.ord
+                select r.id, false as written, false as fresh, r.stored, r.deleted, r."index",
+                       r.ord
                 from ranked as r
                 where r.owned and r.winner
                 union all
-                select w.id, true, false, false, null, null
+                select w.id, true, w.fresh, false, false, null, null
                 from written as w
             ) as u
             group by u.id
@@ -330,8 +335,8 @@ begin
              from ranked as r where not r.owned),
             (select count(*) from ranked as r where r.owned and not r.winner)
                 + (select count(*) from decided as d where d.stored and not d.written),
-            (select count(*) from decided as d where d.written and not d.stored and not d.deleted),
-            (select count(*) from decided as d where d.written and d.stored and not d.deleted),
+            (select count(*) from decided as d where d.written and d.fresh and not d.deleted),
+            (select count(*) from decided as d where d.written and not d.fresh and not d.deleted),
             (select count(*) from decided as d where d.written and d.deleted),
             (select pg_catalog.array_agg(d."index") from decided as d
              where not d.stored and not d.written and not (select v.blocked from verdict as v)),
