@@ -20,6 +20,10 @@ class Row:
     timestamp: datetime
     event_type: str
     value: dict[str, Any]
+    identity: str | None = None
+    """The identity text the database derives the id from, for a row sent with ``id=None``."""
+    revision: int | None = None
+    deleted: bool = False
 
 
 def row(user: uuid.UUID = ANA, **changes: Any) -> Row:

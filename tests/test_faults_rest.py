@@ -1,12 +1,13 @@
 """Faults of the Data API under the REST sink, through the real batch_import HTTP handler.
 
-The stand-in below answers the requests supabase-py sends, the way PostgREST documents them:
-``POST /rest/v1/engagement_events`` honours ``Prefer: resolution=ignore-duplicates`` and
-``on_conflict=id`` (without them an id already stored is a 409 ``23505``, as in PostgREST) and
-returns the rows it inserted; the three functions the sink calls through ``/rest/v1/rpc/`` answer
-as their SQL definitions do. Its table is a dict keyed by id, so a duplicate is detectable. On
-top of that it can drop a connection before or after processing a request, answer a chosen
-status with ``Retry-After``, hold a request past the caller's deadline, or drip its answer.
+The stand-in below answers the requests supabase-py sends: every write is
+``POST /rest/v1/rpc/ingest_engagement_events``, answered the way that SQL function answers for
+the cases these tests exercise (:meth:`StandIn.ingest`; it is not the function, whose full
+rules are tested on the real database in tests/test_event_identity_sql.py), and the dead-letter
+function answers how many failures it kept. Its table is a dict keyed by id that counts how
+often each id was inserted, so a row stored twice is detectable. On top of that it can drop a
+connection before or after processing a request, answer a chosen status with ``Retry-After``,
+hold a request past the caller's deadline, or drip its answer.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 import jwt
 import pytest
@@ -34,10 +35,12 @@ from tests.conftest import AppFactory, json_body
 
 SECRET = "rest-fault-test-jwt-secret-with-at-least-32-characters"
 KEY = "service-role-key-for-rest-fault-tests"
-TABLE_PATH = "/rest/v1/engagement_events"
-UNKNOWN_USERS_PATH = "/rest/v1/rpc/engagement_unknown_user_ids"
+INGEST_PATH = "/rest/v1/rpc/ingest_engagement_events"
+FAILURES_PATH = "/rest/v1/rpc/record_engagement_failures"
 ANA = "a1a1a1a1-0000-4000-8000-000000000001"
 BEN = "b2b2b2b2-0000-4000-8000-000000000002"
+NOBODY = "99999999-0000-4000-8000-000000000009"
+STAND_IN_IDS = uuid.UUID("5e1f0000-0000-4000-8000-00000000000b")
 
 
 @dataclass(frozen=True)
@@ -78,22 +81,37 @@ Fault = Serve | Drop | Answer | Hold | Drip
 @dataclass(frozen=True)
 class Seen:
     path: str
-    query: dict[str, list[str]]
-    prefer: set[str]
     body: Any
     at: float
+
+
+@dataclass
+class Stored:
+    user_id: str
+    revision: int | None
+    deleted: bool
+    value: Any
 
 
 def postgrest_error(code: str, message: str, details: str | None = None) -> dict[str, Any]:
     return {"code": code, "message": message, "details": details, "hint": None}
 
 
+def stand_in_id(identity: str) -> str:
+    """The stand-in's id of an event sent without event_id: uuid5 of its identity text. The
+    real function derives it with an HMAC under the project's secret key."""
+    return str(uuid.uuid5(STAND_IN_IDS, identity))
+
+
 class StandIn:
     """A threaded HTTP server standing in for PostgREST, with scriptable faults per path."""
 
     def __init__(self) -> None:
-        self.rows: dict[str, dict[str, Any]] = {}
+        self.rows: dict[str, Stored] = {}
         self.times_inserted: collections.Counter[str] = collections.Counter()
+        self.unknown_users: set[str] = {NOBODY}
+        self.rate_wait = 0
+        self.dead_letters: list[dict[str, Any]] = []
         self.seen: list[Seen] = []
         self.faults: dict[str, collections.deque[Fault]] = collections.defaultdict(
             collections.deque
@@ -112,38 +130,68 @@ class StandIn:
         self.faults[path].extend(faults)
 
     def writes(self) -> list[Seen]:
-        return [s for s in self.seen if s.path == TABLE_PATH]
+        return [s for s in self.seen if s.path == INGEST_PATH]
 
-    # -- what PostgREST would do -----------------------------------------------------------
+    # -- what the Data API would do --------------------------------------------------------
 
     def process(self, seen: Seen) -> tuple[int, Any]:
         with self._lock:
-            if seen.path == TABLE_PATH:
-                return self._insert(seen)
-            if seen.path == UNKNOWN_USERS_PATH:
-                return 200, []  # every user of these tests exists
-            if seen.path == "/rest/v1/rpc/take_engagement_rate_limit":
-                return 200, 0
-            if seen.path == "/rest/v1/rpc/record_engagement_failures":
+            if seen.path == INGEST_PATH:
+                return 200, self.ingest(seen.body)
+            if seen.path == FAILURES_PATH:
+                self.dead_letters.extend(seen.body["failures"])
                 return 200, len(seen.body["failures"])
+            if seen.path == "/rest/v1/rpc/take_engagement_rate_limit":
+                return 200, self.rate_wait
         return 404, postgrest_error("PGRST202", "Could not find the function")
 
-    def _insert(self, seen: Seen) -> tuple[int, Any]:
-        sent: list[dict[str, Any]] = seen.body
-        ignore = "resolution=ignore-duplicates" in seen.prefer and seen.query.get(
-            "on_conflict"
-        ) == ["id"]
-        if not ignore and any(r["id"] in self.rows for r in sent):
-            return 409, postgrest_error(
-                "23505", 'duplicate key value violates unique constraint "engagement_events_pkey"'
+    def ingest(self, body: dict[str, Any]) -> dict[str, Any]:
+        """ingest_engagement_events for what these tests send: the rate limit refuses when
+        ``rate_wait`` is set; users in ``unknown_users`` and ids stored for another user are
+        reported by index and not written (in atomic mode then nothing is); a stored id is a
+        duplicate unless the event has a greater revision (updated) or deletes it (deleted).
+        These tests send no id twice in one batch."""
+        answer: dict[str, Any] = {
+            "inserted": 0,
+            "updated": 0,
+            "deleted": 0,
+            "duplicates": 0,
+            "unknown_users": [],
+            "conflicts": [],
+            "retry_after": None,
+        }
+        if body.get("rate_caller") is not None and self.rate_wait:
+            return {**answer, "retry_after": self.rate_wait}
+        writes: dict[str, Stored] = {}
+        for event in body["events"]:
+            event_id = event.get("id") or stand_in_id(event["identity"])
+            before = self.rows.get(event_id)
+            revision, deletion = event.get("revision"), bool(event.get("deleted"))
+            greater = revision is not None and (
+                before is None or before.revision is None or revision > before.revision
             )
-        inserted = []
-        for row in sent:
-            if row["id"] not in self.rows:
-                self.rows[row["id"]] = row
-                self.times_inserted[row["id"]] += 1
-                inserted.append({"id": row["id"]})
-        return 201, inserted if "return=representation" in seen.prefer else None
+            if event["user_id"] in self.unknown_users:
+                answer["unknown_users"].append(event["index"])
+            elif before is not None and before.user_id != event["user_id"]:
+                answer["conflicts"].append(event["index"])
+            elif before is None:
+                answer["deleted" if deletion else "inserted"] += 1
+                writes[event_id] = Stored(event["user_id"], revision, deletion, event["value"])
+            elif not before.deleted and deletion and (revision is None or greater):
+                answer["deleted"] += 1
+                writes[event_id] = Stored(before.user_id, revision, True, before.value)
+            elif not before.deleted and not deletion and greater:
+                answer["updated"] += 1
+                writes[event_id] = Stored(before.user_id, revision, False, event["value"])
+            else:
+                answer["duplicates"] += 1
+        if body["atomic"] and (answer["unknown_users"] or answer["conflicts"]):
+            return {**answer, "inserted": 0, "updated": 0, "deleted": 0, "duplicates": 0}
+        for event_id, row in writes.items():
+            if event_id not in self.rows:
+                self.times_inserted[event_id] += 1
+            self.rows[event_id] = row
+        return answer
 
     # -- the server ------------------------------------------------------------------------
 
@@ -152,14 +200,7 @@ class StandIn:
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
-                parts = urlsplit(self.path)
-                seen = Seen(
-                    parts.path,
-                    parse_qs(parts.query),
-                    {p.strip() for p in self.headers.get("Prefer", "").split(",") if p.strip()},
-                    json_http.read_body(self),
-                    time.monotonic(),
-                )
+                seen = Seen(urlsplit(self.path).path, json_http.read_body(self), time.monotonic())
                 with stand_in._lock:
                     stand_in.seen.append(seen)
                     queue = stand_in.faults.get(seen.path)
@@ -271,18 +312,16 @@ def batch(size: int) -> list[dict[str, Any]]:
     ]
 
 
+def counts(response: TestResponse) -> tuple[int, int, int, int]:
+    """inserted, updated, deleted and duplicates of a batch_import answer."""
+    body = json_body(response)
+    return body["inserted"], body["updated"], body["deleted"], body["duplicates"]
+
+
 def assert_each_stored_once(stand_in: StandIn, events: list[dict[str, Any]]) -> None:
     ids = [e["event_id"] for e in events]
     assert set(stand_in.rows) == set(ids)
     assert all(stand_in.times_inserted[i] == 1 for i in ids)
-
-
-def assert_every_write_ignores_duplicates(stand_in: StandIn) -> None:
-    """What makes a retry safe: each write, first or repeated, is an upsert on id that ignores
-    rows already there."""
-    for write in stand_in.writes():
-        assert "resolution=ignore-duplicates" in write.prefer
-        assert write.query["on_conflict"] == ["id"]
 
 
 def unavailable(response: TestResponse) -> dict[str, Any]:
@@ -294,6 +333,147 @@ def unavailable(response: TestResponse) -> dict[str, Any]:
     return body
 
 
+# -- what the handler makes of the function's answer --------------------------------------------
+
+
+def test_revisions_and_deletions_are_counted_in_the_response(
+    stand_in: StandIn, serve: ServeApp
+) -> None:
+    client = serve()
+    first = batch(3)
+    for event in first:
+        event["revision"] = 5
+    assert client.post("/", json=first, headers=auth()).status_code == 200
+    newer, older, gone = ({**e} for e in first)
+    newer.update(revision=6, value={"steps": 9999})
+    older.update(revision=4, value={"steps": 1})
+    gone.update(deleted=True, value={})
+    del gone["revision"]
+
+    response = client.post("/", json=[newer, older, gone, *batch(1)], headers=auth())
+
+    assert response.status_code == 200, response.json
+    assert set(json_body(response)) == {
+        "inserted",
+        "updated",
+        "deleted",
+        "duplicates",
+        "rejected",
+        "request_id",
+    }
+    assert counts(response) == (1, 1, 1, 1)
+    assert json_body(response)["rejected"] == []
+    assert stand_in.rows[newer["event_id"]].value == {"steps": 9999}
+    assert stand_in.rows[older["event_id"]].value == {"steps": 1000 + 1}
+    assert stand_in.rows[gone["event_id"]].deleted
+
+
+def test_unknown_users_and_taken_ids_are_rejected_at_their_request_positions_and_dead_lettered(
+    stand_in: StandIn, serve: ServeApp
+) -> None:
+    client = serve()
+    measurement = {
+        "user_id": ANA,
+        "event_type": "steps_import",
+        "timestamp": "2025-06-02T00:00:00Z",
+        "value": {
+            "steps": 7000,
+            "source": "garmin",
+            "period_start": "2025-06-01T00:00:00+02:00",
+            "period_end": "2025-06-02T00:00:00+02:00",
+        },
+    }
+    # Ana's measurement is sent once alone; then its derived id is made Ben's, as an earlier
+    # event of Ben's with that event_id would have left it.
+    assert counts(client.post("/", json=[measurement], headers=auth())) == (1, 0, 0, 0)
+    (derived,) = stand_in.rows
+    stand_in.rows[derived].user_id = BEN
+    bens = batch(1)[0]  # an event of Ben's (index 0 is even)
+    assert counts(client.post("/", json=[bens], headers=auth())) == (1, 0, 0, 0)
+    events = batch(1_200)  # chunks of 500, 500 and 198 valid events
+    events[0] = {**events[0], "event_type": "Not-Snake-Case"}  # invalid: never sent
+    events[2] = {**events[2], "event_id": "not-a-uuid"}
+    events[700] = {**events[700], "user_id": NOBODY}
+    events[1_100] = {**events[1_100], "user_id": ANA, "event_id": bens["event_id"]}
+    events[1_150] = measurement
+
+    response = client.post("/", json=events, headers=auth())
+
+    assert response.status_code == 200, response.json
+    rejected = json_body(response)["rejected"]
+    assert [(r["index"], [e["path"] for e in r["errors"]]) for r in rejected] == [
+        (0, ["/event_type"]),
+        (2, ["/event_id"]),
+        (700, ["/user_id"]),
+        (1_100, ["/event_id"]),
+        (1_150, [""]),
+    ]
+    assert rejected[3]["event_id"] == bens["event_id"]
+    assert "another user" in rejected[4]["errors"][0]["message"]
+    assert counts(response) == (1_195, 0, 0, 0)
+    # The request positions reached the sink as positions among the valid events.
+    assert [len(w.body["events"]) for w in stand_in.writes()[2:]] == [500, 500, 198]
+    assert stand_in.rows[bens["event_id"]].user_id == BEN
+    assert stand_in.rows[derived].user_id == BEN
+    assert events[700]["event_id"] not in stand_in.rows
+    kept = stand_in.dead_letters[-5:]
+    assert [(f["index"], f["errors"][0]["path"]) for f in kept] == [
+        (0, "/event_type"),
+        (2, "/event_id"),
+        (700, "/user_id"),
+        (1_100, "/event_id"),
+        (1_150, ""),
+    ]
+    assert json.loads(kept[4]["event"]) == measurement
+
+
+def test_atomic_with_a_taken_id_stores_nothing_and_is_422(
+    stand_in: StandIn, serve: ServeApp
+) -> None:
+    client = serve()
+    bens = batch(1)[0]
+    client.post("/", json=[bens], headers=auth())
+    events = batch(10)
+    events[3] = {**events[3], "user_id": ANA, "event_id": bens["event_id"]}
+
+    response = client.post("/", json={"events": events, "mode": "atomic"}, headers=auth())
+
+    assert response.status_code == 422, response.json
+    assert counts(response) == (0, 0, 0, 0)
+    assert [r["index"] for r in json_body(response)["rejected"]] == [3]
+    assert list(stand_in.rows) == [bens["event_id"]]
+    assert len(stand_in.writes()) == 2  # one request for the whole atomic batch
+    assert stand_in.writes()[1].body["atomic"] is True
+
+
+def test_the_rate_limit_is_taken_with_the_first_chunk_only(
+    stand_in: StandIn, serve: ServeApp
+) -> None:
+    events = batch(1_200)
+
+    response = serve(RATE_LIMIT_REQUESTS_PER_MINUTE="60").post("/", json=events, headers=auth())
+
+    assert counts(response) == (1_200, 0, 0, 0)
+    first, *later = stand_in.writes()
+    assert (first.body["rate_requests_per_minute"], first.body["rate_events"]) == (60, 1_200)
+    assert first.body["rate_caller"]
+    assert len(later) == 2
+    assert not any(key.startswith("rate_") for w in later for key in w.body)
+
+
+def test_a_caller_over_its_rate_limit_gets_429_and_nothing_is_stored(
+    stand_in: StandIn, serve: ServeApp
+) -> None:
+    stand_in.rate_wait = 17
+
+    response = serve().post("/", json=batch(1_200), headers=auth())
+
+    assert response.status_code == 429, response.json
+    assert response.headers["Retry-After"] == "17"
+    assert len(stand_in.writes()) == 1
+    assert stand_in.rows == {}
+
+
 # -- dropped connections ------------------------------------------------------------------------
 
 
@@ -301,12 +481,12 @@ def test_a_connection_dropped_before_the_write_is_retried_and_stores_once(
     stand_in: StandIn, serve: ServeApp
 ) -> None:
     events = batch(20)
-    stand_in.script(TABLE_PATH, Drop(after_processing=False))
+    stand_in.script(INGEST_PATH, Drop(after_processing=False))
 
     response = serve().post("/", json=events, headers=auth())
 
     assert response.status_code == 200, response.json
-    assert (json_body(response)["inserted"], json_body(response)["duplicates"]) == (20, 0)
+    assert counts(response) == (20, 0, 0, 0)
     assert len(stand_in.writes()) == 2
     assert_each_stored_once(stand_in, events)
 
@@ -315,15 +495,15 @@ def test_a_write_whose_answer_was_lost_is_retried_without_a_duplicate(
     stand_in: StandIn, serve: ServeApp
 ) -> None:
     events = batch(20)
-    stand_in.script(TABLE_PATH, Drop(after_processing=True))
+    stand_in.script(INGEST_PATH, Drop(after_processing=True))
 
     response = serve().post("/", json=events, headers=auth())
 
     # The first attempt stored the rows; its answer never came, so the retry finds them there.
     assert response.status_code == 200, response.json
-    assert (json_body(response)["inserted"], json_body(response)["duplicates"]) == (0, 20)
-    assert len(stand_in.writes()) == 2
-    assert_every_write_ignores_duplicates(stand_in)
+    assert counts(response) == (0, 0, 0, 20)
+    first, retry = stand_in.writes()
+    assert retry.body == first.body  # the same events with the same ids
     assert_each_stored_once(stand_in, events)
 
 
@@ -331,40 +511,54 @@ def test_a_lost_answer_in_the_middle_chunk_completes_the_batch_once(
     stand_in: StandIn, serve: ServeApp
 ) -> None:
     events = batch(1_200)  # chunks of 500, 500, 200
-    stand_in.script(TABLE_PATH, Serve(), Drop(after_processing=True))
+    stand_in.script(INGEST_PATH, Serve(), Drop(after_processing=True))
 
     response = serve().post("/", json=events, headers=auth())
 
     assert response.status_code == 200, response.json
-    assert (json_body(response)["inserted"], json_body(response)["duplicates"]) == (700, 500)
-    assert [len(w.body) for w in stand_in.writes()] == [500, 500, 500, 200]
-    assert_every_write_ignores_duplicates(stand_in)
+    assert counts(response) == (700, 0, 0, 500)
+    writes = stand_in.writes()
+    assert [len(w.body["events"]) for w in writes] == [500, 500, 500, 200]
+    assert writes[2].body == writes[1].body
+    assert [e["index"] for e in writes[2].body["events"]] == list(range(500, 1_000))
     assert_each_stored_once(stand_in, events)
 
 
-def test_a_dropped_unknown_users_lookup_is_retried(stand_in: StandIn, serve: ServeApp) -> None:
+def test_a_dropped_dead_letter_call_is_retried(stand_in: StandIn, serve: ServeApp) -> None:
     events = batch(10)
-    stand_in.script(UNKNOWN_USERS_PATH, Drop(after_processing=False))
+    events[4] = {**events[4], "user_id": NOBODY}
+    stand_in.script(FAILURES_PATH, Drop(after_processing=False))
 
     response = serve().post("/", json=events, headers=auth())
 
-    assert (response.status_code, json_body(response)["inserted"]) == (200, 10)
-    assert len([s for s in stand_in.seen if s.path == UNKNOWN_USERS_PATH]) == 2
-    assert_each_stored_once(stand_in, events)
+    assert response.status_code == 200, response.json
+    assert [r["index"] for r in json_body(response)["rejected"]] == [4]
+    assert [f["index"] for f in stand_in.dead_letters] == [4]
+    assert len([s for s in stand_in.seen if s.path == FAILURES_PATH]) == 2
 
 
-def test_an_answer_that_is_not_the_rows_is_never_taken_for_duplicates(
-    stand_in: StandIn, serve: ServeApp
+@pytest.mark.parametrize(
+    "answer",
+    [
+        Answer(200, raw=b"<html>maintenance</html>"),
+        Answer(200, []),  # the old table write's "no row inserted"
+        Answer(200, raw=b""),
+    ],
+    ids=["html", "empty-rows", "empty"],
+)
+def test_an_answer_without_the_counts_is_never_taken_for_duplicates(
+    stand_in: StandIn, serve: ServeApp, answer: Answer
 ) -> None:
     # A proxy in front of the Data API answered 200 with a page of its own: nothing was stored,
     # so the events must not be reported as already there.
     events = batch(10)
-    stand_in.script(TABLE_PATH, Answer(200, raw=b"<html>maintenance</html>"))
+    stand_in.script(INGEST_PATH, answer)
 
     response = serve().post("/", json=events, headers=auth())
 
     assert response.status_code == 200, response.json
-    assert (json_body(response)["inserted"], json_body(response)["duplicates"]) == (10, 0)
+    assert counts(response) == (10, 0, 0, 0)
+    assert len(stand_in.writes()) == 2
     assert_each_stored_once(stand_in, events)
 
 
@@ -383,11 +577,11 @@ def test_retry_after_within_the_cap_is_waited_out_then_the_write_succeeds(
     stand_in: StandIn, serve: ServeApp, refusal: Answer
 ) -> None:
     events = batch(10)
-    stand_in.script(TABLE_PATH, refusal)
+    stand_in.script(INGEST_PATH, refusal)
 
     response = serve().post("/", json=events, headers=auth())
 
-    assert (response.status_code, json_body(response)["inserted"]) == (200, 10)
+    assert (response.status_code, counts(response)) == (200, (10, 0, 0, 0))
     first, second = stand_in.writes()
     assert second.at - first.at >= 1.0  # the Retry-After of one second was honoured
     assert_each_stored_once(stand_in, events)
@@ -398,7 +592,7 @@ def test_a_retry_after_longer_than_the_cap_goes_back_to_the_caller_at_once(
     stand_in: StandIn, serve: ServeApp, status: int
 ) -> None:
     # Waiting 30 s inside the function would hold an instance for nothing: the caller is told.
-    stand_in.script(TABLE_PATH, Answer(status, {"message": "later"}, {"Retry-After": "30"}))
+    stand_in.script(INGEST_PATH, Answer(status, {"message": "later"}, {"Retry-After": "30"}))
 
     response = serve().post("/", json=batch(10), headers=auth())
 
@@ -413,7 +607,7 @@ def test_a_retry_after_past_the_deadline_goes_back_to_the_caller_at_once(
     stand_in: StandIn, serve: ServeApp
 ) -> None:
     stand_in.script(
-        TABLE_PATH, Answer(503, postgrest_error("PGRST000", "down"), {"Retry-After": "3"})
+        INGEST_PATH, Answer(503, postgrest_error("PGRST000", "down"), {"Retry-After": "3"})
     )
 
     response = serve(TIME_BUDGET_SECONDS="2").post("/", json=batch(10), headers=auth())
@@ -425,7 +619,7 @@ def test_a_retry_after_past_the_deadline_goes_back_to_the_caller_at_once(
 def test_persistent_503_gives_up_after_the_attempts_with_nothing_stored(
     stand_in: StandIn, serve: ServeApp
 ) -> None:
-    stand_in.script(TABLE_PATH, *[Answer(503, postgrest_error("PGRST001", "down"))] * 10)
+    stand_in.script(INGEST_PATH, *[Answer(503, postgrest_error("PGRST001", "down"))] * 10)
 
     response = serve().post("/", json=batch(10), headers=auth())
 
@@ -442,7 +636,7 @@ def test_a_failing_later_chunk_says_how_many_are_stored_and_the_retry_completes_
     client = serve()
     # The first chunk goes through; then the connection drops and the Data API stays down.
     stand_in.script(
-        TABLE_PATH,
+        INGEST_PATH,
         Serve(),
         Drop(after_processing=False),
         *[Answer(503, postgrest_error("PGRST001", "down"))] * 9,
@@ -453,12 +647,24 @@ def test_a_failing_later_chunk_says_how_many_are_stored_and_the_retry_completes_
     body = unavailable(first)
     assert body["stored"] == 500
     assert len(stand_in.rows) == 500
-    stand_in.faults[TABLE_PATH].clear()  # the Data API is back
+    stand_in.faults[INGEST_PATH].clear()  # the Data API is back
     again = client.post("/", json=events, headers=auth())
     assert again.status_code == 200, again.json
-    assert (json_body(again)["inserted"], json_body(again)["duplicates"]) == (700, 500)
-    assert_every_write_ignores_duplicates(stand_in)
+    assert counts(again) == (700, 0, 0, 500)
     assert_each_stored_once(stand_in, events)
+
+
+def test_a_failing_dead_letter_store_after_the_write_says_how_many_are_stored(
+    stand_in: StandIn, serve: ServeApp
+) -> None:
+    events = batch(10)
+    events[4] = {**events[4], "user_id": NOBODY}
+    stand_in.script(FAILURES_PATH, *[Answer(503, postgrest_error("PGRST001", "down"))] * 10)
+
+    response = serve().post("/", json=events, headers=auth())
+
+    assert unavailable(response)["stored"] == 9
+    assert len(stand_in.rows) == 9
 
 
 # -- too slow for the deadline ------------------------------------------------------------------
@@ -469,7 +675,7 @@ def test_a_data_api_slower_than_the_deadline_is_a_503_not_a_hang(
 ) -> None:
     events = batch(10)
     client = serve(TIME_BUDGET_SECONDS="2")
-    stand_in.script(TABLE_PATH, Hold())
+    stand_in.script(INGEST_PATH, Hold())
 
     response = client.post("/", json=events, headers=auth())
 
@@ -484,8 +690,7 @@ def test_a_data_api_slower_than_the_deadline_is_a_503_not_a_hang(
             break
         time.sleep(0.01)
     again = client.post("/", json=events, headers=auth())
-    retried = json_body(again)
-    assert (again.status_code, retried["inserted"], retried["duplicates"]) == (200, 0, 10)
+    assert (again.status_code, counts(again)) == (200, (0, 0, 0, 10))
     assert_each_stored_once(stand_in, events)
 
 
@@ -495,7 +700,7 @@ def test_an_answer_dripping_in_past_the_deadline_is_a_503_not_a_hang(
     # Headers at once, then a byte every 0.1 s: each read is quick, the whole answer is not.
     events = batch(3)
     client = serve(TIME_BUDGET_SECONDS="2")
-    stand_in.script(TABLE_PATH, Drip())
+    stand_in.script(INGEST_PATH, Drip())
 
     response = client.post("/", json=events, headers=auth())
 
@@ -504,8 +709,7 @@ def test_an_answer_dripping_in_past_the_deadline_is_a_503_not_a_hang(
     stand_in.release.set()
     # The rows were stored before the answer began: the retry reports them, and adds none.
     again = client.post("/", json=events, headers=auth())
-    retried = json_body(again)
-    assert (again.status_code, retried["inserted"], retried["duplicates"]) == (200, 0, 3)
+    assert (again.status_code, counts(again)) == (200, (0, 0, 0, 3))
     assert_each_stored_once(stand_in, events)
 
 
@@ -525,15 +729,16 @@ def test_an_answer_dripping_in_past_the_deadline_is_a_503_not_a_hang(
             ),
         ),
         (401, postgrest_error("PGRST301", "JWSError JWSInvalidSignature")),
-        (403, postgrest_error("42501", "permission denied for table engagement_events")),
+        (403, postgrest_error("42501", "permission denied for function ingest_engagement_events")),
+        (404, postgrest_error("PGRST202", "Could not find the function")),
         (409, postgrest_error("23503", "insert or update violates foreign key constraint")),
     ],
-    ids=["400-PGRST102", "400-23514", "401-PGRST301", "403-42501", "409-23503"],
+    ids=["400-PGRST102", "400-23514", "401-PGRST301", "403-42501", "404-PGRST202", "409-23503"],
 )
 def test_a_refusal_is_502_store_error_and_not_retried(
     stand_in: StandIn, serve: ServeApp, status: int, error: dict[str, Any]
 ) -> None:
-    stand_in.script(TABLE_PATH, Answer(status, error))
+    stand_in.script(INGEST_PATH, Answer(status, error))
 
     response = serve().post("/", json=batch(10), headers=auth())
 
@@ -549,7 +754,7 @@ def test_a_refusal_of_a_later_chunk_says_how_many_are_stored(
     stand_in: StandIn, serve: ServeApp
 ) -> None:
     events = batch(1_200)
-    stand_in.script(TABLE_PATH, Serve(), Answer(401, postgrest_error("PGRST303", "JWT expired")))
+    stand_in.script(INGEST_PATH, Serve(), Answer(401, postgrest_error("PGRST303", "JWT expired")))
 
     response = serve().post("/", json=events, headers=auth())
 

@@ -1,14 +1,20 @@
-"""The REST sink against a local stand-in for PostgREST: the exact requests supabase-py sends,
-chunking, counting, which answers are retried and which are final, and the time budget.
+"""The REST sink against a local stand-in for PostgREST: the exact request supabase-py sends,
+the counts read from the write function's answer, chunking, which answers are retried and which
+are final, and the time budget.
 
-The stand-in answers with PostgREST's documented shapes (rows, or ``{"code", "message",
-"details", "hint"}``); it is not a reimplementation. The function the sink calls for unknown
-users is tested against the real local database at the end.
+Every write is ``POST /rest/v1/rpc/ingest_engagement_events``. The stand-in answers it with the
+function's documented shape for the cases these tests exercise (:class:`IngestFunction`), and
+any other answer PostgREST gives (``{"code", "message", "details", "hint"}``, statuses,
+``Retry-After``) when a test scripts one. It is not the function: the full rules are tested on
+the real database in tests/test_event_identity_sql.py, and the last test here replays the
+requests the sink sent to the real function to check that it answers them as the stand-in did.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import email.utils
 import json
 import socket
 import threading
@@ -18,21 +24,24 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
+from psycopg import sql
+from psycopg.types.json import Jsonb
 
 from functions.errors import StoreError, StoreUnavailable
-from functions.sinks import FailureRecord, WriteResult
+from functions.sinks import FailureRecord, RateLimit, WriteResult
 from functions.sinks.rest import RestSink
 from tests import json_http, sink_rows
 from tests.conftest import Database
 from tests.sink_rows import ANA, BEN, NOBODY, Row, soon
 
 KEY = "service-role-key-for-tests"
-TABLE_PATH = "/rest/v1/engagement_events"
-RPC_PATH = "/rest/v1/rpc/engagement_unknown_user_ids"
+INGEST_PATH = "/rest/v1/rpc/ingest_engagement_events"
+RATE = RateLimit(caller="secret_key:abc", events=7, requests_per_minute=600, events_per_minute=0)
+STAND_IN_IDS = uuid.UUID("5e1f0000-0000-4000-8000-00000000000a")
 
 
 def row(user: uuid.UUID = ANA, **changes: Any) -> Row:
@@ -42,35 +51,141 @@ def row(user: uuid.UUID = ANA, **changes: Any) -> Row:
     )
 
 
+def measured(user: uuid.UUID = ANA, day: str = "2024-11-03", **changes: Any) -> Row:
+    """A steps_import row without id: the database derives it from its identity text."""
+    identity = json.dumps([str(user), "steps_import", {"day": day, "source": "garmin"}])
+    return row(user, id=None, identity=identity, **changes)
+
+
+def stand_in_id(identity: str) -> str:
+    """The stand-in's derived id: uuid5 of the identity text, so that it is stable. The real
+    function derives it with an HMAC under the project's secret key."""
+    return str(uuid.uuid5(STAND_IN_IDS, identity))
+
+
+def counts(**given: Any) -> dict[str, Any]:
+    """An answer of ingest_engagement_events: zeros and empty lists unless given."""
+    answer: dict[str, Any] = {
+        "inserted": 0,
+        "updated": 0,
+        "deleted": 0,
+        "duplicates": 0,
+        "unknown_users": [],
+        "conflicts": [],
+        "retry_after": None,
+    }
+    answer.update(given)
+    return answer
+
+
+@dataclass
+class Stored:
+    user_id: str
+    revision: int | None
+    deleted: bool
+
+
+class IngestFunction:
+    """A stand-in for ``public.ingest_engagement_events``, for the cases these tests exercise.
+
+    It keeps stored ids with their user, revision and deletion, and answers a body
+    ``{"events", "atomic", "rate_*"}`` with the function's counts: an unknown user (one of
+    ``unknown_users``) and an id stored for another user (or sent first by another user of the
+    batch) are reported by index and not written, and in atomic mode then nothing is; an id
+    stored already is a duplicate, unless the event carries a greater revision (updated) or is
+    a deletion (deleted); a deleted row stays deleted. Events without ``id`` get
+    :func:`stand_in_id` of their identity. Of several events of one batch with the same id the
+    first decides (the real function prefers a deletion without revision, then the highest
+    revision, then the first): the tests send several only where the two rules agree.
+    With ``rate_caller`` in the body and ``rate_wait`` set it refuses like the rate limit.
+    """
+
+    def __init__(self) -> None:
+        self.stored: dict[str, Stored] = {}
+        self.unknown_users: set[str] = set()
+        self.rate_wait = 0
+
+    def __call__(self, body: dict[str, Any]) -> dict[str, Any]:
+        if body.get("rate_caller") is not None and self.rate_wait:
+            return counts(retry_after=self.rate_wait)
+        tally: collections.Counter[str] = collections.Counter()
+        unknown: list[int] = []
+        conflicts: list[int] = []
+        first_user: dict[str, str] = {}
+        writes: dict[str, Stored] = {}
+        decided: set[str] = set()
+        for event in body["events"]:
+            event_id = event.get("id") or stand_in_id(event["identity"])
+            user = event["user_id"]
+            if user in self.unknown_users:
+                unknown.append(event["index"])
+                continue
+            before = self.stored.get(event_id)
+            owner = before.user_id if before else first_user.setdefault(event_id, user)
+            if user != owner:
+                conflicts.append(event["index"])
+            elif event_id in decided:
+                tally["duplicates"] += 1
+            else:
+                decided.add(event_id)
+                outcome, after = self._decide(before, event)
+                tally[outcome] += 1
+                if after is not None:
+                    writes[event_id] = after
+        if body["atomic"] and (unknown or conflicts):
+            return counts(unknown_users=unknown, conflicts=conflicts)
+        self.stored.update(writes)
+        return counts(**tally, unknown_users=sorted(unknown), conflicts=sorted(conflicts))
+
+    @staticmethod
+    def _decide(before: Stored | None, event: dict[str, Any]) -> tuple[str, Stored | None]:
+        revision: int | None = event.get("revision")
+        deletion = bool(event.get("deleted"))
+        if before is None:
+            return ("deleted" if deletion else "inserted"), Stored(
+                event["user_id"], revision, deletion
+            )
+        if before.deleted:
+            return "duplicates", None
+        greater = revision is not None and (before.revision is None or revision > before.revision)
+        if deletion and (revision is None or before.revision is None or greater):
+            return "deleted", Stored(
+                before.user_id, before.revision if revision is None else revision, True
+            )
+        if not deletion and greater:
+            return "updated", Stored(before.user_id, revision, False)
+        return "duplicates", None
+
+
 @dataclass(frozen=True)
 class Reply:
     status: int
     body: Any = None
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
+    raw: bytes | None = None
+    """Sent as the body instead of ``body``'s JSON."""
 
 
 @dataclass(frozen=True)
 class Seen:
     method: str
     path: str
-    query: dict[str, list[str]]
     headers: dict[str, str]
     body: Any
+    answer: Any = None
+    """What the stand-in's function answered (None for a scripted reply)."""
 
 
 class StandIn:
-    """Records every request; answers table writes as PostgREST with ignore-duplicates does
-    (only the rows actually inserted come back) unless a scripted reply is queued."""
+    """Records every request; answers the write function with :class:`IngestFunction` unless
+    a scripted reply is queued for that request."""
 
     def __init__(self) -> None:
         self.seen: list[Seen] = []
-        self.stored: set[str] = set()
-        self.unknown: set[str] = set()
-        self.wrapped_rpc_answer = False
-        self.rpc_reply: Reply | None = None  # answers the rpc instead of the stand-in's logic
+        self.function = IngestFunction()
         self.other_rpc: dict[str, Reply] = {}  # answers of the other functions, by name
-        self.writes: list[Reply | None] = []  # the n-th table write gets writes[n] if given
+        self.writes: list[Reply | None] = []  # the n-th write gets writes[n] if given
         self._lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
@@ -81,47 +196,38 @@ class StandIn:
 
     def answer(self, seen: Seen) -> Reply:
         with self._lock:
-            self.seen.append(seen)
             name = seen.path.removeprefix("/rest/v1/rpc/")
             if name in self.other_rpc:
+                self.seen.append(seen)
                 return self.other_rpc[name]
-            if seen.path == RPC_PATH and self.rpc_reply is not None:
-                return self.rpc_reply
-            if seen.path == RPC_PATH:
-                unknown = sorted(set(seen.body["ids"]) & self.unknown)
-                if self.wrapped_rpc_answer:
-                    return Reply(200, [{"engagement_unknown_user_ids": u} for u in unknown])
-                return Reply(200, unknown)
-            index = len(self.requests_to(TABLE_PATH)) - 1
+            if seen.path != INGEST_PATH:
+                self.seen.append(seen)
+                return Reply(404, postgrest_error("PGRST202", "Could not find the function"))
+            index = len(self.requests_to(INGEST_PATH))
             scripted = self.writes[index] if index < len(self.writes) else None
             if scripted is not None:
+                self.seen.append(seen)
                 return scripted
-            inserted = []
-            for sent in seen.body:
-                if sent["id"] not in self.stored:
-                    self.stored.add(sent["id"])
-                    inserted.append({"id": sent["id"]})
-            return Reply(201, inserted)
+            answer = self.function(seen.body)
+            self.seen.append(Seen(seen.method, seen.path, seen.headers, seen.body, answer))
+            return Reply(200, answer)
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         stand_in = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
-                parts = urlsplit(self.path)
                 seen = Seen(
                     "POST",
-                    parts.path,
-                    parse_qs(parts.query),
+                    urlsplit(self.path).path,
                     {k.lower(): v for k, v in self.headers.items()},
                     json_http.read_body(self),
                 )
                 reply = stand_in.answer(seen)
                 time.sleep(reply.delay)
+                payload = reply.raw if reply.raw is not None else json.dumps(reply.body).encode()
                 with contextlib.suppress(OSError):  # the client gave up (its deadline)
-                    json_http.answer(
-                        self, reply.status, json.dumps(reply.body).encode(), reply.headers
-                    )
+                    json_http.answer(self, reply.status, payload, reply.headers)
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
@@ -143,7 +249,7 @@ def stand_in() -> Iterator[StandIn]:
 
 @pytest.fixture
 def sink(stand_in: StandIn) -> Iterator[RestSink]:
-    sink = RestSink(stand_in.url, KEY, backoff_base_s=0.01, backoff_cap_s=0.05)
+    sink = RestSink(stand_in.url, KEY, chunk_size=3, backoff_base_s=0.01, backoff_cap_s=0.05)
     try:
         yield sink
     finally:
@@ -154,77 +260,239 @@ def postgrest_error(code: str, message: str, details: str | None = None) -> dict
     return {"code": code, "message": message, "details": details, "hint": None}
 
 
-def test_the_write_is_the_request_supabase_py_sends(stand_in: StandIn, sink: RestSink) -> None:
-    event = row(value={"steps": 8421, "source": "garmin"})
+def bodies(stand_in: StandIn) -> list[Any]:
+    return [seen.body for seen in stand_in.requests_to(INGEST_PATH)]
 
-    result = sink.write([event, row(BEN)], atomic=False, deadline=soon())
 
-    assert result == WriteResult(inserted=2, duplicates=0, unknown_users=())
-    (rpc,) = stand_in.requests_to(RPC_PATH)
-    assert sorted(rpc.body["ids"]) == [str(ANA), str(BEN)]
-    (write,) = stand_in.requests_to(TABLE_PATH)
+# -- the request ---------------------------------------------------------------------------------
+
+
+def test_the_write_is_one_rpc_request_as_supabase_py_sends_it(
+    stand_in: StandIn, sink: RestSink
+) -> None:
+    event, other = row(value={"steps": 8421, "source": "garmin"}), row(BEN)
+
+    result = sink.write([event, other], atomic=False, deadline=soon())
+
+    assert result == WriteResult(inserted=2, duplicates=0)
+    (write,) = stand_in.seen  # nothing else: no table write, no lookup of unknown users
+    assert (write.method, write.path) == ("POST", INGEST_PATH)
     assert write.headers["apikey"] == KEY
     assert write.headers["authorization"] == f"Bearer {KEY}"
-    prefer = set(write.headers["prefer"].split(","))
-    assert {"resolution=ignore-duplicates", "return=representation"} <= prefer
-    assert write.query["on_conflict"] == ["id"]
-    assert write.query["select"] == ["id"]
-    columns = write.query["columns"][0].replace('"', "").split(",")
-    assert sorted(columns) == ["event_type", "id", "timestamp", "user_id", "value"]
-    assert write.body[0] == {
-        "id": str(event.id),
-        "user_id": str(ANA),
-        "timestamp": "2024-11-03T06:30:15.123456Z",
-        "event_type": "steps_import",
-        "value": {"steps": 8421, "source": "garmin"},
+    assert write.headers["content-profile"] == "public"  # the schema PostgREST looks in
+    assert write.headers["content-type"].startswith("application/json")
+    assert write.body == {
+        "events": [
+            {
+                "index": 0,
+                "id": str(event.id),
+                "user_id": str(ANA),
+                "timestamp": "2024-11-03T06:30:15.123456+00:00",
+                "event_type": "steps_import",
+                "value": {"steps": 8421, "source": "garmin"},
+            },
+            {
+                "index": 1,
+                "id": str(other.id),
+                "user_id": str(BEN),
+                "timestamp": "2024-11-03T06:30:15.123456+00:00",
+                "event_type": "steps_import",
+                "value": {"steps": 8421},
+            },
+        ],
+        "atomic": False,
     }
 
 
-def test_counts_come_from_the_rows_postgrest_returns(stand_in: StandIn, sink: RestSink) -> None:
-    batch = [row() for _ in range(5)]
-    stand_in.stored.update(str(r.id) for r in batch[:2])
+def test_an_event_without_id_sends_its_identity_revision_and_deletion(
+    stand_in: StandIn, sink: RestSink
+) -> None:
+    revised = measured(revision=1_733_011_200_000)
+    gone = measured(day="2024-11-04", deleted=True)
 
-    result = sink.write(batch, atomic=False, deadline=soon())
+    sink.write([revised, gone], atomic=False, deadline=soon())
 
-    assert (result.inserted, result.duplicates) == (3, 2)
+    ((first, second),) = (body["events"] for body in bodies(stand_in))
+    assert "id" not in first
+    assert "id" not in second
+    assert (first["identity"], first["revision"]) == (revised.identity, 1_733_011_200_000)
+    assert "deleted" not in first
+    assert (second["identity"], second["deleted"]) == (gone.identity, True)
+    assert "revision" not in second
+
+
+def test_the_rate_limit_rides_on_the_write(stand_in: StandIn, sink: RestSink) -> None:
+    sink.write([row(), row(BEN)], atomic=False, deadline=soon(), rate=RATE)
+
+    (body,) = bodies(stand_in)
+    assert {k: v for k, v in body.items() if k != "events"} == {
+        "atomic": False,
+        "rate_caller": "secret_key:abc",
+        "rate_requests_per_minute": 600,
+        "rate_events_per_minute": 0,
+        "rate_events": 7,
+    }
+
+
+def test_a_refusal_of_the_rate_limit_writes_nothing_and_says_how_long_to_wait(
+    stand_in: StandIn, sink: RestSink
+) -> None:
+    stand_in.function.rate_wait = 17
+
+    result = sink.write([row() for _ in range(7)], atomic=False, deadline=soon(), rate=RATE)
+
+    assert result.retry_after == 17
+    assert result.written == 0
+    assert len(bodies(stand_in)) == 1  # the later chunks were not sent
+    assert stand_in.function.stored == {}
+
+
+# -- counts --------------------------------------------------------------------------------------
+
+
+def test_counts_are_the_functions_answer(stand_in: StandIn, sink: RestSink) -> None:
+    # Whatever the batch, the sink reports what the database says it did.
+    stand_in.writes = [
+        Reply(200, counts(inserted=1, updated=2, deleted=3, duplicates=4, conflicts=[0]))
+    ]
+
+    result = sink.write([row()], atomic=False, deadline=soon())
+
+    assert result == WriteResult(
+        inserted=1, duplicates=4, updated=2, deleted=3, unknown_users=(), conflicts=(0,)
+    )
+    assert result.written == 10
+
+
+def test_inserted_updated_deleted_and_duplicates(stand_in: StandIn, sink: RestSink) -> None:
+    kept, revised, removed = row(revision=5), measured(revision=5), row()
+    sink.write([kept, revised, removed], atomic=False, deadline=soon())
+
+    result = sink.write(
+        [
+            row(),  # new
+            row(id=kept.id, revision=4),  # older than the stored version
+            measured(revision=6),  # newer
+            row(id=removed.id, deleted=True),
+            measured(day="2024-11-05", deleted=True),  # a deletion of a row never stored
+        ],
+        atomic=False,
+        deadline=soon(),
+    )
+
+    assert result == WriteResult(inserted=1, duplicates=1, updated=1, deleted=2)
 
 
 def test_a_repeated_batch_is_all_duplicates(stand_in: StandIn, sink: RestSink) -> None:
-    batch = [row(), row(BEN)]
-    sink.write(batch, atomic=False, deadline=soon())
+    batch = [row(), row(BEN), measured(), measured(BEN)]
+    first = sink.write(batch, atomic=False, deadline=soon())
 
     again = sink.write(batch, atomic=False, deadline=soon())
 
-    assert (again.inserted, again.duplicates) == (0, 2)
+    assert first == WriteResult(inserted=4, duplicates=0)
+    assert again == WriteResult(inserted=0, duplicates=4)
+    assert len(stand_in.function.stored) == 4
 
 
-def test_partial_writes_go_in_chunks(stand_in: StandIn) -> None:
-    sink = RestSink(stand_in.url, KEY, chunk_size=500)
+def test_unknown_users_and_taken_ids_are_reported_at_their_positions(
+    stand_in: StandIn, sink: RestSink
+) -> None:
+    stand_in.function.unknown_users = {str(NOBODY)}
+    bens = row(BEN)
+    sink.write([bens], atomic=False, deadline=soon())
+
+    result = sink.write([row(), row(NOBODY), row(ANA, id=bens.id)], atomic=False, deadline=soon())
+
+    assert result == WriteResult(inserted=1, duplicates=0, unknown_users=(1,), conflicts=(2,))
+    assert stand_in.function.stored[str(bens.id)].user_id == str(BEN)
+    assert len(stand_in.function.stored) == 2
+
+
+def test_atomic_with_an_unknown_user_or_a_taken_id_writes_nothing(
+    stand_in: StandIn, sink: RestSink
+) -> None:
+    stand_in.function.unknown_users = {str(NOBODY)}
+    bens = row(BEN)
+    sink.write([bens], atomic=False, deadline=soon())
+
+    result = sink.write(
+        [row(), row(NOBODY), row(), row(ANA, id=bens.id)], atomic=True, deadline=soon()
+    )
+
+    assert result == WriteResult(inserted=0, duplicates=0, unknown_users=(1,), conflicts=(3,))
+    assert list(stand_in.function.stored) == [str(bens.id)]
+
+
+# -- chunks --------------------------------------------------------------------------------------
+
+
+def test_partial_writes_go_in_chunks_numbered_across_the_batch(stand_in: StandIn) -> None:
+    sink = RestSink(stand_in.url, KEY)  # chunks of 500, the default
     batch = [row() for _ in range(1201)]
 
-    result = sink.write(batch, atomic=False, deadline=soon())
+    result = sink.write(batch, atomic=False, deadline=soon(), rate=RATE)
     sink.close()
 
-    writes = stand_in.requests_to(TABLE_PATH)
-    assert [len(w.body) for w in writes] == [500, 500, 201]
-    assert {r["id"] for w in writes for r in w.body} == {str(r.id) for r in batch}
-    assert result.inserted == 1201
+    sent = bodies(stand_in)
+    assert [len(body["events"]) for body in sent] == [500, 500, 201]
+    assert [e["index"] for body in sent for e in body["events"]] == list(range(1201))
+    assert [e["id"] for body in sent for e in body["events"]] == [str(r.id) for r in batch]
+    assert all(body["atomic"] is False for body in sent)
+    # The rate limit is taken once per request: with the first chunk only.
+    assert ["rate_caller" in body for body in sent] == [True, False, False]
+    assert sent[0]["rate_events"] == 7
+    assert result == WriteResult(inserted=1201, duplicates=0)
+
+
+def test_positions_from_later_chunks_are_the_batchs(stand_in: StandIn, sink: RestSink) -> None:
+    stand_in.function.unknown_users = {str(NOBODY)}
+    bens = row(BEN)
+    sink.write([bens], atomic=False, deadline=soon())
+    batch = [row(), row(NOBODY), row(), row(), row(NOBODY), row(), row(), row(ANA, id=bens.id)]
+
+    result = sink.write(batch, atomic=False, deadline=soon())  # chunks of 3
+
+    assert [len(body["events"]) for body in bodies(stand_in)[1:]] == [3, 3, 2]
+    assert result == WriteResult(inserted=5, duplicates=0, unknown_users=(1, 4), conflicts=(7,))
+
+
+def test_counts_of_all_chunks_are_added_up(stand_in: StandIn, sink: RestSink) -> None:
+    old = [row(revision=1) for _ in range(4)]
+    sink.write(old, atomic=False, deadline=soon())
+    batch = [
+        row(id=old[0].id, revision=2),
+        row(),
+        row(id=old[1].id),
+        row(id=old[2].id, deleted=True),
+        row(id=old[3].id, revision=9),
+        row(),
+        row(),
+    ]
+
+    result = sink.write(batch, atomic=False, deadline=soon())
+
+    assert len(bodies(stand_in)) == 2 + 3
+    assert result == WriteResult(inserted=3, duplicates=1, updated=2, deleted=1)
 
 
 def test_an_atomic_write_is_one_request(stand_in: StandIn) -> None:
     sink = RestSink(stand_in.url, KEY, chunk_size=500)
 
-    result = sink.write([row() for _ in range(1201)], atomic=True, deadline=soon())
+    result = sink.write([row() for _ in range(1201)], atomic=True, deadline=soon(), rate=RATE)
     sink.close()
 
-    assert [len(w.body) for w in stand_in.requests_to(TABLE_PATH)] == [1201]
+    (body,) = bodies(stand_in)
+    assert len(body["events"]) == 1201
+    assert (body["atomic"], body["rate_caller"]) == (True, RATE.caller)
     assert result.inserted == 1201
+
+
+# -- answers retried, answers final --------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
     ("status", "error"),
     [
-        (409, postgrest_error("23505", "duplicate key value violates unique constraint")),
         (
             400,
             postgrest_error(
@@ -233,11 +501,29 @@ def test_an_atomic_write_is_one_request(stand_in: StandIn) -> None:
                 "Failing row contains (secret diagnosis).",
             ),
         ),
+        (400, postgrest_error("22023", 'invalid input syntax for type uuid: "secret diagnosis"')),
         (401, postgrest_error("PGRST301", "JWSError JWSInvalidSignature")),
         (401, postgrest_error("PGRST303", "JWT expired")),
-        (403, postgrest_error("42501", "permission denied for table engagement_events")),
+        (403, postgrest_error("42501", "permission denied for function ingest_engagement_events")),
+        (404, postgrest_error("PGRST202", "Could not find the function")),
+        (
+            409,
+            postgrest_error(
+                "23505",
+                "duplicate key value violates unique constraint",
+                "Key (id)=(secret diagnosis) already exists.",
+            ),
+        ),
     ],
-    ids=["409", "400-23514", "401-PGRST301", "401-PGRST303", "403-42501"],
+    ids=[
+        "400-23514",
+        "400-22023",
+        "401-PGRST301",
+        "401-PGRST303",
+        "403-42501",
+        "404-PGRST202",
+        "409-23505",
+    ],
 )
 def test_refusals_are_final_and_keep_postgrest_code(
     stand_in: StandIn, sink: RestSink, status: int, error: dict[str, Any]
@@ -248,24 +534,34 @@ def test_refusals_are_final_and_keep_postgrest_code(
         sink.write([row()], atomic=False, deadline=soon())
 
     assert not isinstance(caught.value, StoreUnavailable)
-    assert caught.value.code == error["code"]
-    assert len(stand_in.requests_to(TABLE_PATH)) == 1
+    assert (caught.value.code, caught.value.stored) == (error["code"], 0)
+    assert len(bodies(stand_in)) == 1
     assert "secret diagnosis" not in f"{caught.value} {caught.value.details}"
     assert KEY not in str(caught.value)
-    if error["code"].startswith("23"):
-        assert caught.value.details is None
 
 
 @pytest.mark.parametrize(
     "failure",
     [
         Reply(500, postgrest_error("XX000", "internal error")),
-        Reply(503, postgrest_error("PGRST001", "Database client error"), {"Retry-After": "0"}),
+        Reply(503, postgrest_error("PGRST000", "Could not connect"), {"Retry-After": "0"}),
+        Reply(503, postgrest_error("PGRST001", "Database client error")),
+        Reply(503, postgrest_error("PGRST002", "Could not query the schema cache")),
         Reply(504, postgrest_error("PGRST003", "Timed out acquiring connection")),
-        Reply(502, "<html>Bad Gateway</html>"),
+        Reply(502, raw=b"<html>Bad Gateway</html>"),
         Reply(408, None),
+        Reply(429, {"message": "Too many requests"}, {"Retry-After": "0"}),
     ],
-    ids=["500", "503-PGRST001", "504-PGRST003", "502-html", "408"],
+    ids=[
+        "500",
+        "503-PGRST000",
+        "503-PGRST001",
+        "503-PGRST002",
+        "504-PGRST003",
+        "502-html",
+        "408",
+        "429",
+    ],
 )
 def test_transient_answers_are_retried_until_success(
     stand_in: StandIn, sink: RestSink, failure: Reply
@@ -274,35 +570,81 @@ def test_transient_answers_are_retried_until_success(
 
     result = sink.write([row(), row(BEN)], atomic=False, deadline=soon())
 
-    assert result.inserted == 2
-    assert len(stand_in.requests_to(TABLE_PATH)) == 3
+    assert result == WriteResult(inserted=2, duplicates=0)
+    assert len(bodies(stand_in)) == 3
 
 
-def test_retry_after_is_honoured(stand_in: StandIn, sink: RestSink) -> None:
-    stand_in.writes = [
-        Reply(429, postgrest_error("429", "Too many requests"), {"Retry-After": "1"})
-    ]
+@pytest.mark.parametrize(
+    "success",
+    [
+        Reply(200, raw=b"<html>maintenance</html>"),
+        Reply(200, []),  # what the old table write answered
+        Reply(200, {"message": "ok"}),
+        Reply(200, raw=b""),
+        Reply(204, raw=b""),
+    ],
+    ids=["html", "rows", "object-without-counts", "empty", "204"],
+)
+def test_a_success_without_the_counts_is_retried_never_counted(
+    stand_in: StandIn, sink: RestSink, success: Reply
+) -> None:
+    stand_in.writes = [success]
+
+    result = sink.write([row(), row(BEN)], atomic=False, deadline=soon())
+
+    assert result == WriteResult(inserted=2, duplicates=0)
+    assert len(bodies(stand_in)) == 2
+
+
+def test_answers_without_the_counts_give_up_as_unavailable(
+    stand_in: StandIn, sink: RestSink
+) -> None:
+    stand_in.writes = [Reply(200, raw=b"<html>maintenance</html>")] * 10
+
+    with pytest.raises(StoreUnavailable) as caught:
+        sink.write([row()], atomic=False, deadline=soon())
+
+    assert (caught.value.code, caught.value.stored) == ("bad_answer", 0)
+    assert len(bodies(stand_in)) == 4
+
+
+@pytest.mark.parametrize("form", ["seconds", "http-date"])
+def test_retry_after_is_honoured(stand_in: StandIn, sink: RestSink, form: str) -> None:
+    wait = "2" if form == "seconds" else email.utils.formatdate(time.time() + 3, usegmt=True)
+    stand_in.writes = [Reply(429, {"message": "Too many requests"}, {"Retry-After": wait})]
 
     started = time.monotonic()
     result = sink.write([row()], atomic=False, deadline=soon())
 
     assert result.inserted == 1
-    assert time.monotonic() - started >= 1.0
-    assert len(stand_in.requests_to(TABLE_PATH)) == 2
+    assert time.monotonic() - started >= 1.9  # a date 3 s ahead, in whole seconds: 2 to 3 s
+    assert len(bodies(stand_in)) == 2
 
 
-def test_a_retry_after_beyond_the_deadline_gives_up_at_once(
-    stand_in: StandIn, sink: RestSink
-) -> None:
+def test_a_retry_after_beyond_the_cap_gives_up_at_once(stand_in: StandIn, sink: RestSink) -> None:
     stand_in.writes = [Reply(503, postgrest_error("PGRST000", "down"), {"Retry-After": "30"})]
 
     started = time.monotonic()
     with pytest.raises(StoreUnavailable) as caught:
-        sink.write([row()], atomic=False, deadline=soon(5))
+        sink.write([row()], atomic=False, deadline=soon(60))
 
     assert time.monotonic() - started < 1
-    assert caught.value.retry_after == 30
-    assert len(stand_in.requests_to(TABLE_PATH)) == 1
+    assert (caught.value.code, caught.value.retry_after) == ("PGRST000", 30)
+    assert len(bodies(stand_in)) == 1
+
+
+def test_a_retry_after_past_the_deadline_gives_up_at_once(
+    stand_in: StandIn, sink: RestSink
+) -> None:
+    stand_in.writes = [Reply(503, postgrest_error("PGRST001", "down"), {"Retry-After": "3"})]
+
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable) as caught:
+        sink.write([row()], atomic=False, deadline=soon(2))
+
+    assert time.monotonic() - started < 1
+    assert caught.value.retry_after == 3
+    assert len(bodies(stand_in)) == 1
 
 
 def test_retries_stop_after_max_attempts(stand_in: StandIn, sink: RestSink) -> None:
@@ -311,22 +653,44 @@ def test_retries_stop_after_max_attempts(stand_in: StandIn, sink: RestSink) -> N
     with pytest.raises(StoreUnavailable) as caught:
         sink.write([row()], atomic=False, deadline=soon())
 
-    assert caught.value.code == "PGRST001"
-    assert caught.value.stored == 0
-    assert len(stand_in.requests_to(TABLE_PATH)) == 4
+    assert (caught.value.code, caught.value.stored) == ("PGRST001", 0)
+    assert caught.value.retry_after >= 1
+    assert len(bodies(stand_in)) == 4
+    assert stand_in.function.stored == {}
 
 
-def test_a_failing_second_chunk_reports_what_is_already_stored(stand_in: StandIn) -> None:
-    sink = RestSink(stand_in.url, KEY, chunk_size=500, max_attempts=3, backoff_base_s=0.01)
-    stand_in.writes = [None] + [Reply(503, postgrest_error("PGRST001", "down"))] * 3
+def test_a_failing_later_chunk_reports_what_earlier_chunks_stored(stand_in: StandIn) -> None:
+    sink = RestSink(stand_in.url, KEY, max_attempts=3, backoff_base_s=0.01)
+    stand_in.function.unknown_users = {str(NOBODY)}
+    already = row()
+    sink.write([already], atomic=False, deadline=soon())
+    # The first chunk: 497 new, one already stored, two of an unknown user (not stored).
+    batch = [already, row(NOBODY), row(NOBODY)] + [row() for _ in range(497 + 700)]
+    stand_in.writes = [None, None] + [Reply(503, postgrest_error("PGRST001", "down"))] * 3
 
     with pytest.raises(StoreUnavailable) as caught:
+        sink.write(batch, atomic=False, deadline=soon())
+    sink.close()
+
+    assert caught.value.stored == 498  # the duplicate counts: it is stored
+    assert [len(body["events"]) for body in bodies(stand_in)[1:]] == [500, 500, 500, 500]
+    assert len(stand_in.function.stored) == 498
+
+
+def test_a_refused_later_chunk_reports_what_earlier_chunks_stored(stand_in: StandIn) -> None:
+    sink = RestSink(stand_in.url, KEY)
+    stand_in.writes = [None, Reply(401, postgrest_error("PGRST303", "JWT expired"))]
+
+    with pytest.raises(StoreError) as caught:
         sink.write([row() for _ in range(1201)], atomic=False, deadline=soon())
     sink.close()
 
-    assert caught.value.stored == 500
-    assert [len(w.body) for w in stand_in.requests_to(TABLE_PATH)] == [500, 500, 500, 500]
-    assert len(stand_in.stored) == 500
+    assert not isinstance(caught.value, StoreUnavailable)
+    assert (caught.value.code, caught.value.stored) == ("PGRST303", 500)
+    assert len(bodies(stand_in)) == 2
+
+
+# -- the network and the time budget -------------------------------------------------------------
 
 
 def test_connection_refused_is_unavailable() -> None:
@@ -346,55 +710,26 @@ def test_connection_refused_is_unavailable() -> None:
 
 
 def test_a_slow_server_fails_before_the_deadline(stand_in: StandIn, sink: RestSink) -> None:
-    stand_in.writes = [Reply(201, [], delay=3.0)] * 4
+    stand_in.writes = [Reply(200, counts(inserted=1), delay=3.0)] * 4
 
     deadline = soon(1.0)
     with pytest.raises(StoreUnavailable) as caught:
         sink.write([row()], atomic=False, deadline=deadline)
 
     assert time.monotonic() < deadline
+    assert caught.value.code in {"timeout", "deadline"}
     assert caught.value.stored == 0
 
 
-@pytest.mark.parametrize("wrapped", [False, True], ids=["values", "objects"])
-def test_unknown_users_in_partial_mode_are_reported_and_not_sent(
-    stand_in: StandIn, sink: RestSink, wrapped: bool
-) -> None:
-    stand_in.unknown = {str(NOBODY)}
-    stand_in.wrapped_rpc_answer = wrapped
-    batch = [row(), row(NOBODY), row(BEN), row(NOBODY)]
+def test_a_spent_budget_sends_nothing(stand_in: StandIn, sink: RestSink) -> None:
+    with pytest.raises(StoreUnavailable) as caught:
+        sink.write([row()], atomic=False, deadline=soon(0.1))
 
-    result = sink.write(batch, atomic=False, deadline=soon())
-
-    assert result == WriteResult(inserted=2, duplicates=0, unknown_users=(1, 3))
-    (write,) = stand_in.requests_to(TABLE_PATH)
-    assert [r["id"] for r in write.body] == [str(batch[0].id), str(batch[2].id)]
+    assert caught.value.code == "deadline"
+    assert stand_in.seen == []
 
 
-def test_unknown_users_in_atomic_mode_write_nothing(stand_in: StandIn, sink: RestSink) -> None:
-    stand_in.unknown = {str(NOBODY)}
-
-    result = sink.write([row(), row(NOBODY)], atomic=True, deadline=soon())
-
-    assert result == WriteResult(inserted=0, duplicates=0, unknown_users=(1,))
-    assert stand_in.requests_to(TABLE_PATH) == []
-
-
-def test_a_missing_unknown_users_function_is_a_refusal(stand_in: StandIn, sink: RestSink) -> None:
-    stand_in.rpc_reply = Reply(
-        404,
-        postgrest_error(
-            "PGRST202", "Could not find the function public.engagement_unknown_user_ids"
-        ),
-    )
-
-    with pytest.raises(StoreError) as caught:
-        sink.write([row()], atomic=False, deadline=soon())
-
-    assert caught.value.code == "PGRST202"
-    assert not isinstance(caught.value, StoreUnavailable)
-    assert len(stand_in.requests_to(RPC_PATH)) == 1
-    assert stand_in.requests_to(TABLE_PATH) == []
+# -- the other functions -------------------------------------------------------------------------
 
 
 def test_failures_go_to_the_dead_letter_function_in_one_call(
@@ -446,24 +781,68 @@ def test_a_failing_dead_letter_store_is_unavailable(stand_in: StandIn, sink: Res
         sink.record_failures([failure], deadline=soon())
 
 
-# -- the function behind the rpc, on the real local database ---------------------------------
+# -- the function behind the rpc, on the real local database -------------------------------------
+
+# The parameters of public.ingest_engagement_events as PostgREST reads them from the function's
+# signature; it calls the function with named arguments taken from the body's keys.
+PARAMETER_TYPES = {
+    "events": "jsonb",
+    "atomic": "boolean",
+    "rate_caller": "text",
+    "rate_requests_per_minute": "integer",
+    "rate_events_per_minute": "integer",
+    "rate_events": "integer",
+}
 
 
-@pytest.mark.db
-def test_unknown_user_function_names_only_missing_users(db: Database) -> None:
-    with db.connect(autocommit=False) as conn:
+def call_as_postgrest(conn: psycopg.Connection[Any], body: dict[str, Any]) -> Any:
+    """Call the function with ``body`` the way PostgREST does for an rpc POST: the body's keys
+    as named arguments, each read from the JSON object with the parameter's type, in a
+    transaction of its own as service_role."""
+    names = list(body)
+    query = sql.SQL(
+        "select public.ingest_engagement_events({arguments})"
+        " from pg_catalog.jsonb_to_record(%s) as r({columns})"
+    ).format(
+        arguments=sql.SQL(", ").join(
+            sql.SQL("{name} => r.{name}").format(name=sql.Identifier(n)) for n in names
+        ),
+        columns=sql.SQL(", ").join(
+            sql.SQL("{} {}").format(sql.Identifier(n), sql.SQL(PARAMETER_TYPES[n])) for n in names
+        ),
+    )
+    with conn.transaction():
         conn.execute("set local role service_role")
-        found = conn.execute(
-            "select * from public.engagement_unknown_user_ids(%s)", ([ANA, NOBODY, BEN, NOBODY],)
-        ).fetchall()
-
-    assert found == [(NOBODY,)]
+        answer = conn.execute(query, (Jsonb(body),)).fetchone()
+    assert answer is not None
+    return answer[0]
 
 
-@pytest.mark.db
-@pytest.mark.parametrize("role", ["anon", "authenticated"])
-def test_unknown_user_function_is_closed_to_api_users(db: Database, role: str) -> None:
-    with db.connect(autocommit=False) as conn:
-        conn.execute(f"set local role {role}")
-        with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            conn.execute("select * from public.engagement_unknown_user_ids(%s)", ([ANA],))
+def test_the_real_function_answers_the_sinks_requests_as_the_stand_in_does(
+    stand_in: StandIn, sink: RestSink, db: Database
+) -> None:
+    stand_in.function.unknown_users = {str(NOBODY)}
+    bens, kept, removed = row(BEN), measured(revision=5), row()
+    sink.write([bens, kept, removed], atomic=False, deadline=soon(), rate=RATE)
+    batch = [
+        row(),
+        row(NOBODY),
+        row(ANA, id=bens.id),
+        measured(revision=6),
+        measured(revision=4),
+        row(id=removed.id, deleted=True),
+        measured(day="2024-11-05", deleted=True),
+        row(BEN, id=bens.id),
+    ]
+    sink.write(batch, atomic=False, deadline=soon(), rate=RATE)  # chunks of 3
+    sink.write(batch, atomic=True, deadline=soon())
+
+    requests = stand_in.requests_to(INGEST_PATH)
+    assert len(requests) == 1 + 3 + 1
+    with db.connect() as conn:
+        real = [call_as_postgrest(conn, seen.body) for seen in requests]
+    assert real == [seen.answer for seen in requests]
+    assert any(answer["updated"] for answer in real)
+    assert any(answer["deleted"] for answer in real)
+    assert any(answer["conflicts"] for answer in real)
+    assert any(answer["unknown_users"] for answer in real)
