@@ -425,10 +425,14 @@ secrets_of() {  # FUNCTION -> "VAR=secret:latest,..."; only batch_import gets th
   printf '%s' "${list[*]}"
 }
 
-env_of() {  # FUNCTION -> "VAR=value,..." of the plain settings that are set
+env_of() {  # FUNCTION CONCURRENCY -> "VAR=value,..." of the plain settings that are set
   # GOOGLE_CLOUD_PROJECT: the Python runtimes of 2nd-gen functions do not set it, and the log
   # lines need it to link their trace id to Cloud Trace (functions/log.py).
-  local list=("GOOGLE_CLOUD_PROJECT=$PROJECT_ID") name
+  # WORKERS and THREADS: functions-framework starts gunicorn with WORKERS processes (default 1)
+  # of THREADS threads (default 4 per CPU). One process, so that the instance keeps one
+  # connection pool and one JWKS cache; one thread per request the instance is given at once
+  # (docs/deployment.md, "Server settings").
+  local list=("GOOGLE_CLOUD_PROJECT=$PROJECT_ID" "WORKERS=1" "THREADS=$2") name
   for name in SUPABASE_URL SUPABASE_JWKS_URL MAX_BATCH_EVENTS MAX_BODY_BYTES MAX_EVENT_BYTES \
     FUTURE_SKEW_SECONDS; do
     if [ -n "${!name:-}" ]; then list+=("$name=${!name}"); fi
@@ -577,7 +581,7 @@ for function in "${FUNCTIONS[@]}"; do
     memory=$HELPER_MEMORY cpu=$HELPER_CPU timeout=$HELPER_TIMEOUT
     max_instances=$HELPER_MAX_INSTANCES concurrency=$HELPER_CONCURRENCY
   fi
-  env_vars=$(env_of "$function")
+  env_vars=$(env_of "$function" "$concurrency")
   secret_refs=$(secrets_of "$function")
   if [ -n "$secret_refs" ]; then secrets_flag=--set-secrets="$secret_refs"; else secrets_flag=--clear-secrets; fi
   say "deploying $function"

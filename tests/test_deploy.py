@@ -310,7 +310,8 @@ def test_first_run_deploys_each_function_with_explicit_settings(project: FakePro
         "timeout": "60s",
         "max-instances": "10",
         "concurrency": "4",
-        "set-env-vars": f"GOOGLE_CLOUD_PROJECT={PROJECT},"
+        # One gunicorn process with one thread per concurrent request (docs/deployment.md).
+        "set-env-vars": f"GOOGLE_CLOUD_PROJECT={PROJECT},WORKERS=1,THREADS=4,"
         "SUPABASE_URL=https://abcdefghijklmnop.supabase.co,"
         "TIME_BUDGET_SECONDS=50,RATE_LIMIT_REQUESTS_PER_MINUTE=120",
         "set-secrets": "SUPABASE_JWT_SECRET=engagement-supabase-jwt-secret:latest,"
@@ -327,7 +328,7 @@ def test_first_run_deploys_each_function_with_explicit_settings(project: FakePro
             "max-instances": "5",
             "concurrency": "4",
             # No sink secret and no batch_import-only settings for the helpers.
-            "set-env-vars": f"GOOGLE_CLOUD_PROJECT={PROJECT},"
+            "set-env-vars": f"GOOGLE_CLOUD_PROJECT={PROJECT},WORKERS=1,THREADS=4,"
             "SUPABASE_URL=https://abcdefghijklmnop.supabase.co",
             "set-secrets": "SUPABASE_JWT_SECRET=engagement-supabase-jwt-secret:latest,"
             "SUPABASE_SECRET_KEYS=engagement-supabase-secret-keys:latest",

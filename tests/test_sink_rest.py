@@ -456,6 +456,33 @@ def test_positions_from_later_chunks_are_the_batchs(stand_in: StandIn, sink: Res
     assert result == WriteResult(inserted=5, duplicates=0, unknown_users=(1, 4), conflicts=(7,))
 
 
+def test_versions_of_one_id_share_a_chunk_and_are_decided_once(
+    stand_in: StandIn, sink: RestSink, db: Database
+) -> None:
+    """Chunks never split the events of one id: the write path decides them together, as
+    for a batch written in one call, so both sinks count them alike (chunks of 3 here)."""
+    older = row(revision=4)
+    measurement = "identity text of one step count"
+    batch = [
+        older,
+        row(id=None, identity=measurement, revision=1),
+        row(),
+        row(),
+        row(id=older.id, revision=6),
+        row(id=None, identity=measurement, revision=2),
+    ]
+
+    sink.write(batch, atomic=False, deadline=soon())
+
+    sent = bodies(stand_in)
+    assert [[e["index"] for e in body["events"]] for body in sent] == [[0, 4], [1, 5, 2], [3]]
+    with db.connect() as conn:
+        chunked = [call_as_postgrest(conn, body) for body in sent]
+    assert sum(answer["inserted"] for answer in chunked) == 4
+    assert sum(answer["updated"] for answer in chunked) == 0
+    assert sum(answer["duplicates"] for answer in chunked) == 2
+
+
 def test_counts_of_all_chunks_are_added_up(stand_in: StandIn, sink: RestSink) -> None:
     old = [row(revision=1) for _ in range(4)]
     sink.write(old, atomic=False, deadline=soon())
@@ -834,11 +861,12 @@ def test_the_real_function_answers_the_sinks_requests_as_the_stand_in_does(
         measured(day="2024-11-05", deleted=True),
         row(BEN, id=bens.id),
     ]
-    sink.write(batch, atomic=False, deadline=soon(), rate=RATE)  # chunks of 3
+    # Chunks of 3, the events of one id together: [0, 1], [2, 7], [3, 4, 5], [6].
+    sink.write(batch, atomic=False, deadline=soon(), rate=RATE)
     sink.write(batch, atomic=True, deadline=soon())
 
     requests = stand_in.requests_to(INGEST_PATH)
-    assert len(requests) == 1 + 3 + 1
+    assert len(requests) == 1 + 4 + 1
     with db.connect() as conn:
         real = [call_as_postgrest(conn, seen.body) for seen in requests]
     assert real == [seen.answer for seen in requests]

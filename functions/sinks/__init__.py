@@ -38,6 +38,7 @@ __all__ = [
     "Sink",
     "WriteResult",
     "combined",
+    "has_counts",
     "ingest_element",
     "out_of_time",
     "rate_arguments",
@@ -151,12 +152,18 @@ def rate_arguments(rate: RateLimit | None) -> dict[str, Any]:
     }
 
 
+def has_counts(answer: Any) -> bool:
+    """Whether ``answer`` is what ``ingest_engagement_events`` answers: an object with its four
+    counts."""
+    return isinstance(answer, dict) and all(
+        isinstance(answer.get(key), int) for key in ("inserted", "updated", "deleted", "duplicates")
+    )
+
+
 def write_result(answer: Any) -> WriteResult:
     """The :class:`WriteResult` of what ``ingest_engagement_events`` answered; StoreError for
     an answer without its counts (no count is ever guessed)."""
-    if not isinstance(answer, dict) or not all(
-        isinstance(answer.get(key), int) for key in ("inserted", "updated", "deleted", "duplicates")
-    ):
+    if not has_counts(answer):
         raise StoreError("the store answered the write without its counts", code="bad_answer")
     return WriteResult(
         inserted=answer["inserted"],

@@ -47,6 +47,7 @@ from functions.sinks import (
     RateLimit,
     WriteResult,
     combined,
+    has_counts,
     ingest_element,
     out_of_time,
     rate_arguments,
@@ -119,13 +120,12 @@ class RestSink:
             return WriteResult(inserted=0, duplicates=0)
         client = self._supabase()
         elements = [ingest_element(index, row) for index, row in enumerate(rows)]
-        size = len(elements) if atomic else self._chunk_size
+        chunks = [elements] if atomic else _chunks(elements, self._chunk_size)
         results: list[WriteResult] = []
         stored = 0
-        for start in range(0, len(elements), size):
-            chunk = elements[start : start + size]
+        for number, chunk in enumerate(chunks):
             params: dict[str, Any] = {"events": chunk, "atomic": atomic}
-            if start == 0:
+            if number == 0:
                 params.update(rate_arguments(rate))
             # postgrest-py types rpc params as dict[str, str]; PostgREST takes any JSON value.
             request = client.rpc(INGEST_FUNCTION, cast(dict[str, str], params)).request
@@ -230,7 +230,7 @@ class RestSink:
             else:
                 if response.is_success:
                     answer = _json(response)
-                    if not expect_counts or (isinstance(answer, dict) and "inserted" in answer):
+                    if not expect_counts or has_counts(answer):
                         return answer
                     code, why = "bad_answer", "the Data API answered without the counts"
                 else:
@@ -316,6 +316,22 @@ class _DeadlineStream(httpx.SyncByteStream):
 
     def close(self) -> None:
         self._stream.close()
+
+
+def _chunks(elements: list[dict[str, Any]], size: int) -> list[list[dict[str, Any]]]:
+    """``elements`` in chunks of about ``size``, in the order of each id's first event, where
+    the events that name one id (the same event_id, or the same identity) share a chunk: the
+    write path decides them together, once, as it does for a batch written in one call."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for element in elements:
+        key = element["id"] if "id" in element else "identity:" + element["identity"]
+        groups.setdefault(key, []).append(element)
+    chunks: list[list[dict[str, Any]]] = [[]]
+    for group in groups.values():
+        if chunks[-1] and len(chunks[-1]) + len(group) > size:
+            chunks.append([])
+        chunks[-1].extend(group)
+    return chunks
 
 
 def _json(response: httpx.Response) -> Any:
