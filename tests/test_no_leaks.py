@@ -133,7 +133,9 @@ class ExplodingSink:
     """A sink whose write fails with an unexpected error quoting the payload, as a driver error
     about a value might."""
 
-    def write(self, rows: Sequence[Any], *, atomic: bool, deadline: float, **rate: Any) -> WriteResult:
+    def write(
+        self, rows: Sequence[Any], *, atomic: bool, deadline: float, **rate: Any
+    ) -> WriteResult:
         raise RuntimeError(f"cannot adapt value {rows[0].value!r} ({PAYLOAD})")
 
     def record_failures(self, failures: Sequence[FailureRecord], *, deadline: float) -> int:

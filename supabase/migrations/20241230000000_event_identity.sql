@@ -213,27 +213,34 @@ begin
         -- absent -> inserted (a deletion is stored already deleted); present -> updated only
         -- under the rules of the WHERE clause, which reads the row as it is at that moment,
         -- whatever concurrent requests committed meanwhile.
-        -- Decisions are made on the narrow columns; the rest of a decided event is read from
-        -- the batch by position when it is written, so that no sort or stored intermediate
-        -- result carries payloads.
-        with derived as (
-            select private.engagement_event_ids(array(
-                       select t.identity
-                       from rows from (pg_catalog.jsonb_to_recordset(events) as (identity text))
-                            with ordinality as t(identity, ord)
-                       order by t.ord)) as ids
-        ),
-        incoming as (
-            select e.ord, e."index",
-                   coalesce(e.id, ((select d.ids from derived as d))[e.ord]) as id,
-                   (e.id is null) = (e.identity is null)
-                       or e."index" is null or e.user_id is null
-                       or e.revision not between 0 and 9007199254740991 as malformed,
-                   e.user_id, e.revision, coalesce(e.deleted, false) as deleted
+        -- The batch is parsed once; decisions are made on its narrow columns, and the rest
+        -- of a decided event is joined back by position when it is written, so that no sort
+        -- carries payloads.
+        with batch as materialized (
+            select e.*
             from rows from (pg_catalog.jsonb_to_recordset(events) as (
                      "index" integer, id uuid, identity text, user_id uuid, revision bigint,
-                     deleted boolean))
-                 with ordinality as e("index", id, identity, user_id, revision, deleted, ord)
+                     deleted boolean, "timestamp" timestamptz, event_type text, value jsonb))
+                 with ordinality as e("index", id, identity, user_id, revision, deleted,
+                                      "timestamp", event_type, value, ord)
+        ),
+        -- Joined by position rather than subscripted: an array with nulls (events that
+        -- came with an id) is searched from its start for every subscript.
+        derived as (
+            select d.id, d.ord
+            from pg_catalog.unnest(private.engagement_event_ids(array(
+                     select b.identity from batch as b order by b.ord)))
+                 with ordinality as d(id, ord)
+        ),
+        incoming as (
+            select b.ord, b."index",
+                   coalesce(b.id, d.id) as id,
+                   (b.id is null) = (b.identity is null)
+                       or b."index" is null or b.user_id is null
+                       or b.revision not between 0 and 9007199254740991 as malformed,
+                   b.user_id, b.revision, coalesce(b.deleted, false) as deleted
+            from batch as b
+            join derived as d on d.ord = b.ord
         ),
         missing as (
             select m.id
@@ -276,11 +283,10 @@ begin
         written as (
             insert into public.engagement_events as e
                 (id, user_id, "timestamp", event_type, value, revision, is_deleted)
-            select r.id, r.user_id, (x.event ->> 'timestamp')::timestamptz,
-                   x.event ->> 'event_type', coalesce(x.event -> 'value', '{}'::jsonb),
-                   r.revision, r.deleted
+            select r.id, r.user_id, b."timestamp", b.event_type,
+                   coalesce(b.value, '{}'::jsonb), r.revision, r.deleted
             from ranked as r
-            cross join lateral (select events -> (r.ord - 1)::integer as event) as x
+            join batch as b on b.ord = r.ord
             where r.owned and r.winner
               and not (select v.blocked or v.malformed from verdict as v)
             order by r.id
@@ -288,6 +294,8 @@ begin
                 set "timestamp" = case when excluded.is_deleted then e."timestamp"
                                        else excluded."timestamp" end,
                     value = case when excluded.is_deleted then e.value else excluded.value end,
+                    event_type = case when excluded.is_deleted then e.event_type
+                                      else excluded.event_type end,
                     revision = coalesce(excluded.revision, e.revision),
                     is_deleted = excluded.is_deleted
                 where e.user_id = excluded.user_id
