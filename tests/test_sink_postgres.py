@@ -15,6 +15,7 @@ import pytest
 
 from functions.errors import StoreError, StoreUnavailable
 from functions.sinks import WriteResult
+from functions.sinks import postgres as postgres_sink
 from functions.sinks.postgres import PostgresSink
 from tests.conftest import Database
 from tests.sink_rows import ANA, BEN, NOBODY, row, soon
@@ -261,3 +262,45 @@ def test_future_rows_beyond_the_skew_are_refused(db: Database, sink: PostgresSin
 
     assert caught.value.code == "23514"
     assert stored(db, [late.id]) == {}
+
+
+@pytest.mark.parametrize("path", ["json", "staged"])
+def test_small_and_bulk_batches_are_decided_alike(
+    db: Database, sink: PostgresSink, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    """The JSON document (small batches) and the COPYd table (batches of STAGED_FROM events
+    or more) feed the same decision: the same batch gets the same answer and the same rows."""
+    monkeypatch.setattr(postgres_sink, "STAGED_FROM", 1 if path == "staged" else 10**9)
+    bens = row(BEN)
+    stored_before = row(revision=1)
+    sink.write([bens, stored_before], atomic=False, deadline=soon())
+    measurement = '["' + str(ANA) + '","steps_import",{"source":"garmin"}]'
+    batch = [
+        row(),  # new
+        row(NOBODY),  # unknown user
+        row(ANA, id=bens.id),  # another user's id
+        row(id=stored_before.id, revision=2, value={"steps": 2}),  # a newer revision
+        row(id=None, identity=measurement, revision=5, value={"steps": 5}),
+        row(id=None, identity=measurement, revision=7, value={"steps": 7}),  # wins
+        row(id=None, identity=measurement, revision=6, value={"steps": 6}),
+        row(id=uuid.uuid4(), deleted=True),  # a deletion before the row exists
+        row(id=bens.id, user_id=BEN),  # BEN's own id again: a duplicate
+    ]
+
+    result = sink.write(batch, atomic=False, deadline=soon())
+
+    assert result == WriteResult(
+        inserted=2, duplicates=3, updated=1, deleted=1, unknown_users=(1,), conflicts=(2,)
+    )
+    with db.connect() as conn:
+        values = conn.execute(
+            "select value, revision from engagement_events where id = any(%s) order by revision",
+            ([stored_before.id],),
+        ).fetchall()
+        steps = conn.execute(
+            "select value ->> 'steps', revision from engagement_events"
+            " where id = private.engagement_event_id(%s)",
+            (measurement,),
+        ).fetchall()
+    assert values == [({"steps": 2}, 2)]
+    assert steps == [("7", 7)]

@@ -151,13 +151,19 @@ comment on column public.engagement_events.id is
 -- ---------------------------------------------------------------------------------------------
 -- The write path.
 -- ---------------------------------------------------------------------------------------------
-create or replace function public.ingest_engagement_events(
+-- One function decides and writes a batch, wherever it comes from: the events of a JSON
+-- array (ingest_engagement_events, the Data API's RPC and the direct sink's small batches), or
+-- the rows the direct sink COPYd into a temporary table (ingest_staged_engagement_events, its
+-- bulk path: COPY parses a large batch in a third of the time the JSON document takes). The
+-- decision is one statement, the same text for both sources, run with EXECUTE.
+create or replace function private.ingest_engagement_batch(
+    staged boolean,
     events jsonb,
-    atomic boolean default false,
-    rate_caller text default null,
-    rate_requests_per_minute integer default 0,
-    rate_events_per_minute integer default 0,
-    rate_events integer default null
+    atomic boolean,
+    rate_caller text,
+    rate_requests_per_minute integer,
+    rate_events_per_minute integer,
+    rate_events integer
 )
 returns jsonb
 language plpgsql
@@ -166,6 +172,8 @@ security invoker
 set search_path = ''
 as $$
 declare
+    source text;
+    batch_size integer;
     wait_seconds integer;
     malformed boolean;
     blocked boolean;
@@ -178,17 +186,30 @@ declare
     -- Events that met a row stored after this call's snapshot (a concurrent request's).
     raced_index integer[];
     raced_id uuid[];
-    raced_ord bigint[];
+    raced_user uuid[];
     raced_conflicts integer[] := '{}';
     raced_duplicates bigint := 0;
 begin
-    if events is null or pg_catalog.jsonb_typeof(events) <> 'array' then
-        raise exception 'events must be a JSON array' using errcode = '22023';
+    if staged then
+        source := 'select s."index", s.id, s.identity, s.user_id, s.revision, s.deleted,'
+            ' s."timestamp", s.event_type, s.value, s.ord'
+            ' from pg_temp.engagement_events_staged as s';
+        execute 'select count(*) from pg_temp.engagement_events_staged' into batch_size;
+    else
+        if events is null or pg_catalog.jsonb_typeof(events) <> 'array' then
+            raise exception 'events must be a JSON array' using errcode = '22023';
+        end if;
+        source := 'select e.* from rows from (pg_catalog.jsonb_to_recordset($1) as ('
+            '"index" integer, id uuid, identity text, user_id uuid, revision bigint,'
+            ' deleted boolean, "timestamp" timestamptz, event_type text, value jsonb))'
+            ' with ordinality as e("index", id, identity, user_id, revision, deleted,'
+            ' "timestamp", event_type, value, ord)';
+        batch_size := pg_catalog.jsonb_array_length(events);
     end if;
 
     if rate_caller is not null then
         wait_seconds := public.take_engagement_rate_limit(
-            rate_caller, coalesce(rate_events, pg_catalog.jsonb_array_length(events)),
+            rate_caller, coalesce(rate_events, batch_size),
             rate_requests_per_minute, rate_events_per_minute);
         if wait_seconds > 0 then
             return pg_catalog.jsonb_build_object(
@@ -199,6 +220,7 @@ begin
     end if;
 
     begin
+        execute pg_catalog.format($decide$
         -- One statement decides and writes the whole batch:
         --   an unknown user                 -> unknown_users, not written;
         --   an id owned by another user     -> conflicts, not written (the owner of an id: the
@@ -217,12 +239,7 @@ begin
         -- of a decided event is joined back by position when it is written, so that no sort
         -- carries payloads.
         with batch as materialized (
-            select e.*
-            from rows from (pg_catalog.jsonb_to_recordset(events) as (
-                     "index" integer, id uuid, identity text, user_id uuid, revision bigint,
-                     deleted boolean, "timestamp" timestamptz, event_type text, value jsonb))
-                 with ordinality as e("index", id, identity, user_id, revision, deleted,
-                                      "timestamp", event_type, value, ord)
+            %s
         ),
         -- Joined by position rather than subscripted: an array with nulls (events that
         -- came with an id) is searched from its start for every subscript.
@@ -248,9 +265,9 @@ begin
                 array(select distinct i.user_id from incoming as i where i.user_id is not null)
             ) as m(id)
         ),
-        -- One sort, by (id, user_id), serves every window below (whole partitions, no order).
+        -- One sort, by id, user_id and the order of place, serves every window below.
         -- The owner's events: those of the stored row's user, else of the user whose event
-        -- comes first. The decided one has the greatest key: a deletion without revision,
+        -- comes first. The decided one comes first in place: a deletion without revision,
         -- then the highest revision, then the lowest index.
         keyed as (
             select k.*,
@@ -258,11 +275,10 @@ begin
                    s.user_id as stored_user,
                    pg_catalog.min(k."index") over (partition by k.id, k.user_id) as first_of_user,
                    pg_catalog.min(k."index") over (partition by k.id) as first_of_id,
-                   pg_catalog.max(array[(k.deleted and k.revision is null)::integer,
-                                        coalesce(k.revision, -1), -k."index"])
-                       over (partition by k.id, k.user_id) as best,
-                   array[(k.deleted and k.revision is null)::integer,
-                         coalesce(k.revision, -1), -k."index"] as own
+                   pg_catalog.row_number() over (
+                       partition by k.id, k.user_id
+                       order by k.deleted and k.revision is null desc,
+                                k.revision desc nulls last, k."index") as place
             from incoming as k
             left join public.engagement_events as s on s.id = k.id
             where not exists (select 1 from missing as m where m.id = k.user_id)
@@ -271,12 +287,12 @@ begin
             select k.*,
                    case when k.stored then k.user_id = k.stored_user
                         else k.first_of_user = k.first_of_id end as owned,
-                   k.own = k.best as winner
+                   k.place = 1 as winner
             from keyed as k
         ),
         verdict as (
             select exists (select 1 from incoming as i where i.malformed) as malformed,
-                   atomic and (exists (select 1 from missing)
+                   $2 and (exists (select 1 from missing)
                                or exists (select 1 from ranked as r where not r.owned))
                    as blocked
         ),
@@ -322,10 +338,11 @@ begin
                    pg_catalog.bool_or(u.stored) as stored,
                    pg_catalog.bool_or(u.deleted) as deleted,
                    pg_catalog.max(u."index") as "index",
-                   pg_catalog.max(u.ord) as ord
+                   (pg_catalog.array_agg(u.user_id) filter (where u.user_id is not null))[1]
+                       as user_id
             from (
                 select r.id, false as written, false as fresh, r.stored, r.deleted, r."index",
-                       r.ord
+                       r.user_id
                 from ranked as r
                 where r.owned and r.winner
                 union all
@@ -350,10 +367,12 @@ begin
              where not d.stored and not d.written and not (select v.blocked from verdict as v)),
             (select pg_catalog.array_agg(d.id) from decided as d
              where not d.stored and not d.written and not (select v.blocked from verdict as v)),
-            (select pg_catalog.array_agg(d.ord) from decided as d
+            (select pg_catalog.array_agg(d.user_id) from decided as d
              where not d.stored and not d.written and not (select v.blocked from verdict as v))
+        $decide$, source)
+        using events, atomic
         into malformed, blocked, unknown, conflicts, duplicates, inserted, updated, deleted,
-             raced_index, raced_id, raced_ord;
+             raced_index, raced_id, raced_user;
 
         if malformed then
             raise exception 'every event needs an index, a user_id, exactly one of id and '
@@ -363,19 +382,14 @@ begin
 
         -- An event not written whose row was not stored at the start met a row that a
         -- concurrent request committed meanwhile: a duplicate when it is the same user's, a
-        -- conflict when another user's. This statement sees that row. (The event's user is
-        -- read from the batch by position: rare, and cheaper than carrying it along above.)
+        -- conflict when another user's. This statement sees that row.
         if raced_index is not null then
             select coalesce(pg_catalog.array_agg(u."index" order by u."index")
                                 filter (where s.user_id <> u.user_id), '{}'),
                    count(*) filter (where s.user_id is null or s.user_id = u.user_id)
             into raced_conflicts, raced_duplicates
-            from (
-                select r."index", r.id,
-                       ((events -> (r.ord - 1)::integer) ->> 'user_id')::uuid as user_id
-                from rows from (pg_catalog.unnest(raced_index), pg_catalog.unnest(raced_id),
-                                pg_catalog.unnest(raced_ord)) as r("index", id, ord)
-            ) as u
+            from rows from (pg_catalog.unnest(raced_index), pg_catalog.unnest(raced_id),
+                            pg_catalog.unnest(raced_user)) as u("index", id, user_id)
             left join public.engagement_events as s on s.id = u.id;
             if atomic and pg_catalog.cardinality(raced_conflicts) > 0 then
                 raise exception using errcode = 'EI409';
@@ -409,6 +423,34 @@ begin
 end
 $$;
 
+
+comment on function private.ingest_engagement_batch(boolean, jsonb, boolean, text, integer, integer, integer) is
+    'The decision of ingest_engagement_events and ingest_staged_engagement_events, for a batch '
+    'in a JSON array or in pg_temp.engagement_events_staged. service_role only.';
+revoke execute on function private.ingest_engagement_batch(boolean, jsonb, boolean, text, integer, integer, integer)
+    from public, anon, authenticated;
+grant execute on function private.ingest_engagement_batch(boolean, jsonb, boolean, text, integer, integer, integer)
+    to service_role;
+
+create or replace function public.ingest_engagement_events(
+    events jsonb,
+    atomic boolean default false,
+    rate_caller text default null,
+    rate_requests_per_minute integer default 0,
+    rate_events_per_minute integer default 0,
+    rate_events integer default null
+)
+returns jsonb
+language sql
+volatile
+security invoker
+set search_path = ''
+as $$
+    select private.ingest_engagement_batch(false, events, atomic, rate_caller,
+                                           rate_requests_per_minute, rate_events_per_minute,
+                                           rate_events)
+$$;
+
 comment on function public.ingest_engagement_events(jsonb, boolean, text, integer, integer, integer) is
     'The write path of batch_import (both sinks): stores a batch of validated events by the '
     'identity, revision and deletion rules of docs/database.md and returns {"inserted", '
@@ -418,6 +460,39 @@ comment on function public.ingest_engagement_events(jsonb, boolean, text, intege
 revoke execute on function public.ingest_engagement_events(jsonb, boolean, text, integer, integer, integer)
     from public, anon, authenticated;
 grant execute on function public.ingest_engagement_events(jsonb, boolean, text, integer, integer, integer)
+    to service_role;
+
+-- The direct sink's bulk path: the same decision for the rows it COPYd, in the same
+-- transaction, into a temporary table (dropped at commit) of these columns:
+--   create temporary table engagement_events_staged ("index" integer, id uuid,
+--       identity text, user_id uuid, revision bigint, deleted boolean,
+--       "timestamp" timestamptz, event_type text, value jsonb, ord bigint) on commit drop;
+-- ord numbers the rows from 1 in batch order.
+create or replace function public.ingest_staged_engagement_events(
+    atomic boolean default false,
+    rate_caller text default null,
+    rate_requests_per_minute integer default 0,
+    rate_events_per_minute integer default 0,
+    rate_events integer default null
+)
+returns jsonb
+language sql
+volatile
+security invoker
+set search_path = ''
+as $$
+    select private.ingest_engagement_batch(true, null, atomic, rate_caller,
+                                           rate_requests_per_minute, rate_events_per_minute,
+                                           rate_events)
+$$;
+
+comment on function public.ingest_staged_engagement_events(boolean, text, integer, integer, integer) is
+    'ingest_engagement_events for the batch in pg_temp.engagement_events_staged (the direct '
+    'sink''s bulk path). service_role only.';
+
+revoke execute on function public.ingest_staged_engagement_events(boolean, text, integer, integer, integer)
+    from public, anon, authenticated;
+grant execute on function public.ingest_staged_engagement_events(boolean, text, integer, integer, integer)
     to service_role;
 
 -- ---------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
--- Down: 20241230000000_event_identity. Removes public.ingest_engagement_events, the derived-id
--- functions, the id key and engagement_events.revision.
+-- Down: 20241230000000_event_identity. Removes public.ingest_engagement_events,
+-- public.ingest_staged_engagement_events and their private.ingest_engagement_batch, the
+-- derived-id functions, the id key and engagement_events.revision.
 --
 -- What is lost:
 --   * every row's revision (each row keeps the version it holds, and is_deleted);
@@ -14,6 +15,8 @@
 -- Run as `postgres`, in one transaction. Safe to run twice.
 
 drop function if exists public.ingest_engagement_events(jsonb, boolean, text, integer, integer, integer);
+drop function if exists public.ingest_staged_engagement_events(boolean, text, integer, integer, integer);
+drop function if exists private.ingest_engagement_batch(boolean, jsonb, boolean, text, integer, integer, integer);
 drop function if exists private.engagement_event_id(text);
 drop function if exists private.engagement_event_ids(text[]);
 drop table if exists private.engagement_id_key;
