@@ -155,7 +155,45 @@ comment on column public.engagement_events.id is
 -- array (ingest_engagement_events, the Data API's RPC and the direct sink's small batches), or
 -- the rows the direct sink COPYd into a temporary table (ingest_staged_engagement_events, its
 -- bulk path: COPY parses a large batch in a third of the time the JSON document takes). The
--- decision is one statement, the same text for both sources, run with EXECUTE.
+-- decision is one static statement (planned once per session: planning it for every call
+-- would cost a small request more than its write), reading the batch through
+-- private.engagement_batch_rows.
+create or replace function private.engagement_batch_rows(staged boolean, events jsonb)
+returns table ("index" integer, id uuid, identity text, user_id uuid, revision bigint,
+               deleted boolean, "timestamp" timestamptz, event_type text, value jsonb,
+               ord bigint)
+language plpgsql
+stable
+security invoker
+set search_path = ''
+as $$
+begin
+    if staged then
+        -- EXECUTE: the table exists only in the caller's transaction.
+        return query execute
+            'select s."index", s.id, s.identity, s.user_id, s.revision, s.deleted,'
+            ' s."timestamp", s.event_type, s.value, s.ord'
+            ' from pg_temp.engagement_events_staged as s';
+    else
+        return query
+            select e."index", e.id, e.identity, e.user_id, e.revision, e.deleted,
+                   e."timestamp", e.event_type, e.value, e.ord
+            from rows from (pg_catalog.jsonb_to_recordset(events) as (
+                     "index" integer, id uuid, identity text, user_id uuid, revision bigint,
+                     deleted boolean, "timestamp" timestamptz, event_type text, value jsonb))
+                 with ordinality as e("index", id, identity, user_id, revision, deleted,
+                                      "timestamp", event_type, value, ord);
+    end if;
+end
+$$;
+
+comment on function private.engagement_batch_rows(boolean, jsonb) is
+    'The batch private.ingest_engagement_batch decides: the events of a JSON array, or the rows '
+    'of pg_temp.engagement_events_staged. service_role only.';
+revoke execute on function private.engagement_batch_rows(boolean, jsonb)
+    from public, anon, authenticated;
+grant execute on function private.engagement_batch_rows(boolean, jsonb) to service_role;
+
 create or replace function private.ingest_engagement_batch(
     staged boolean,
     events jsonb,
@@ -172,7 +210,6 @@ security invoker
 set search_path = ''
 as $$
 declare
-    source text;
     batch_size integer;
     wait_seconds integer;
     malformed boolean;
@@ -191,19 +228,11 @@ declare
     raced_duplicates bigint := 0;
 begin
     if staged then
-        source := 'select s."index", s.id, s.identity, s.user_id, s.revision, s.deleted,'
-            ' s."timestamp", s.event_type, s.value, s.ord'
-            ' from pg_temp.engagement_events_staged as s';
         execute 'select count(*) from pg_temp.engagement_events_staged' into batch_size;
     else
         if events is null or pg_catalog.jsonb_typeof(events) <> 'array' then
             raise exception 'events must be a JSON array' using errcode = '22023';
         end if;
-        source := 'select e.* from rows from (pg_catalog.jsonb_to_recordset($1) as ('
-            '"index" integer, id uuid, identity text, user_id uuid, revision bigint,'
-            ' deleted boolean, "timestamp" timestamptz, event_type text, value jsonb))'
-            ' with ordinality as e("index", id, identity, user_id, revision, deleted,'
-            ' "timestamp", event_type, value, ord)';
         batch_size := pg_catalog.jsonb_array_length(events);
     end if;
 
@@ -220,7 +249,6 @@ begin
     end if;
 
     begin
-        execute pg_catalog.format($decide$
         -- One statement decides and writes the whole batch:
         --   an unknown user                 -> unknown_users, not written;
         --   an id owned by another user     -> conflicts, not written (the owner of an id: the
@@ -239,7 +267,7 @@ begin
         -- of a decided event is joined back by position when it is written, so that no sort
         -- carries payloads.
         with batch as materialized (
-            %s
+            select * from private.engagement_batch_rows(staged, events)
         ),
         -- Joined by position rather than subscripted: an array with nulls (events that
         -- came with an id) is searched from its start for every subscript.
@@ -292,7 +320,7 @@ begin
         ),
         verdict as (
             select exists (select 1 from incoming as i where i.malformed) as malformed,
-                   $2 and (exists (select 1 from missing)
+                   atomic and (exists (select 1 from missing)
                                or exists (select 1 from ranked as r where not r.owned))
                    as blocked
         ),
@@ -369,8 +397,6 @@ begin
              where not d.stored and not d.written and not (select v.blocked from verdict as v)),
             (select pg_catalog.array_agg(d.user_id) from decided as d
              where not d.stored and not d.written and not (select v.blocked from verdict as v))
-        $decide$, source)
-        using events, atomic
         into malformed, blocked, unknown, conflicts, duplicates, inserted, updated, deleted,
              raced_index, raced_id, raced_user;
 

@@ -17,6 +17,7 @@
 drop function if exists public.ingest_engagement_events(jsonb, boolean, text, integer, integer, integer);
 drop function if exists public.ingest_staged_engagement_events(boolean, text, integer, integer, integer);
 drop function if exists private.ingest_engagement_batch(boolean, jsonb, boolean, text, integer, integer, integer);
+drop function if exists private.engagement_batch_rows(boolean, jsonb);
 drop function if exists private.engagement_event_id(text);
 drop function if exists private.engagement_event_ids(text[]);
 drop table if exists private.engagement_id_key;
