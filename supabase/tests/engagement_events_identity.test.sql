@@ -4,7 +4,7 @@
 -- way the Data API runs requests: `set local role <role>` plus `request.jwt.claims`.
 begin;
 create extension if not exists pgtap with schema extensions;
-select plan(90);
+select plan(94);
 
 insert into auth.users (id, aud, role, email, created_at, updated_at)
 values ('1d000000-0000-4000-8000-00000000000a', 'authenticated', 'authenticated', 'identity-a@example.test', now(), now()),
@@ -73,6 +73,15 @@ select ok(not has_function_privilege('authenticated', 'private.engagement_event_
 select ok(has_function_privilege('service_role', 'private.engagement_event_id(text)', 'execute')
           and has_function_privilege('service_role', 'private.engagement_event_ids(text[])', 'execute'),
     'service_role executes the id functions');
+select ok(not has_function_privilege('anon', 'public.ingest_staged_engagement_events(boolean, text, integer, integer, integer)', 'execute')
+          and not has_function_privilege('authenticated', 'public.ingest_staged_engagement_events(boolean, text, integer, integer, integer)', 'execute')
+          and has_function_privilege('service_role', 'public.ingest_staged_engagement_events(boolean, text, integer, integer, integer)', 'execute'),
+    'ingest_staged_engagement_events: service_role only');
+select ok(not has_function_privilege('anon', 'private.ingest_engagement_batch(boolean, jsonb, boolean, text, integer, integer, integer)', 'execute')
+          and not has_function_privilege('authenticated', 'private.ingest_engagement_batch(boolean, jsonb, boolean, text, integer, integer, integer)', 'execute')
+          and not has_function_privilege('anon', 'private.engagement_batch_rows(boolean, jsonb)', 'execute')
+          and not has_function_privilege('authenticated', 'private.engagement_batch_rows(boolean, jsonb)', 'execute'),
+    'anon and authenticated cannot execute the decision or its batch reader');
 select is((select prosecdef from pg_proc where oid = 'public.ingest_engagement_events(jsonb, boolean, text, integer, integer, integer)'::regprocedure),
     false, 'ingest_engagement_events is SECURITY INVOKER');
 select is((select proconfig from pg_proc where oid = 'public.ingest_engagement_events(jsonb, boolean, text, integer, integer, integer)'::regprocedure),
@@ -292,6 +301,22 @@ select ok((select pubupdate from pg_publication where pubname = 'supabase_realti
     'the supabase_realtime publication publishes updates (revisions and soft deletions)');
 select is((select relreplident::text from pg_class where oid = 'public.engagement_events'::regclass), 'd',
     'replica identity stays DEFAULT: a DELETE change carries only the id');
+
+-- The bulk path: the same decision for rows staged in a temporary table.
+set local role service_role;
+create temporary table engagement_events_staged (
+    "index" integer, id uuid, identity text, user_id uuid, revision bigint, deleted boolean,
+    "timestamp" timestamptz, event_type text, value jsonb, ord bigint
+) on commit drop;
+insert into engagement_events_staged values
+    (0, null, 'staged-1', '1d000000-0000-4000-8000-00000000000a', 3, null, '2024-12-01T08:00:00Z', 'steps_import', '{"steps": 30}', 1),
+    (1, null, 'staged-1', '1d000000-0000-4000-8000-00000000000a', 4, null, '2024-12-01T08:00:00Z', 'steps_import', '{"steps": 40}', 2);
+select is(public.ingest_staged_engagement_events(),
+    '{"inserted": 1, "updated": 0, "deleted": 0, "duplicates": 1, "unknown_users": [], "conflicts": [], "retry_after": null}',
+    'staged rows are decided as a JSON batch is: one insert, the other version a duplicate');
+select is((select value from public.engagement_events where id = private.engagement_event_id('staged-1')), '{"steps": 40}'::jsonb,
+    'the staged batch''s highest revision is stored');
+reset role;
 
 select * from finish();
 rollback;
