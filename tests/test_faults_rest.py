@@ -32,6 +32,7 @@ from werkzeug.test import TestResponse
 
 from tests import json_http
 from tests.conftest import AppFactory, json_body
+from tests.ingest_stand_in import IngestFunction, Stored
 
 SECRET = "rest-fault-test-jwt-secret-with-at-least-32-characters"
 KEY = "service-role-key-for-rest-fault-tests"
@@ -40,7 +41,6 @@ FAILURES_PATH = "/rest/v1/rpc/record_engagement_failures"
 ANA = "a1a1a1a1-0000-4000-8000-000000000001"
 BEN = "b2b2b2b2-0000-4000-8000-000000000002"
 NOBODY = "99999999-0000-4000-8000-000000000009"
-STAND_IN_IDS = uuid.UUID("5e1f0000-0000-4000-8000-00000000000b")
 
 
 @dataclass(frozen=True)
@@ -85,32 +85,16 @@ class Seen:
     at: float
 
 
-@dataclass
-class Stored:
-    user_id: str
-    revision: int | None
-    deleted: bool
-    value: Any
-
-
 def postgrest_error(code: str, message: str, details: str | None = None) -> dict[str, Any]:
     return {"code": code, "message": message, "details": details, "hint": None}
-
-
-def stand_in_id(identity: str) -> str:
-    """The stand-in's id of an event sent without event_id: uuid5 of its identity text. The
-    real function derives it with an HMAC under the project's secret key."""
-    return str(uuid.uuid5(STAND_IN_IDS, identity))
 
 
 class StandIn:
     """A threaded HTTP server standing in for PostgREST, with scriptable faults per path."""
 
     def __init__(self) -> None:
-        self.rows: dict[str, Stored] = {}
-        self.times_inserted: collections.Counter[str] = collections.Counter()
-        self.unknown_users: set[str] = {NOBODY}
-        self.rate_wait = 0
+        self.function = IngestFunction()
+        self.function.unknown_users = {NOBODY}
         self.dead_letters: list[dict[str, Any]] = []
         self.seen: list[Seen] = []
         self.faults: dict[str, collections.deque[Fault]] = collections.defaultdict(
@@ -137,61 +121,18 @@ class StandIn:
     def process(self, seen: Seen) -> tuple[int, Any]:
         with self._lock:
             if seen.path == INGEST_PATH:
-                return 200, self.ingest(seen.body)
+                return 200, self.function(seen.body)
             if seen.path == FAILURES_PATH:
                 self.dead_letters.extend(seen.body["failures"])
                 return 200, len(seen.body["failures"])
             if seen.path == "/rest/v1/rpc/take_engagement_rate_limit":
-                return 200, self.rate_wait
+                return 200, self.function.rate_wait
         return 404, postgrest_error("PGRST202", "Could not find the function")
 
-    def ingest(self, body: dict[str, Any]) -> dict[str, Any]:
-        """ingest_engagement_events for what these tests send: the rate limit refuses when
-        ``rate_wait`` is set; users in ``unknown_users`` and ids stored for another user are
-        reported by index and not written (in atomic mode then nothing is); a stored id is a
-        duplicate unless the event has a greater revision (updated) or deletes it (deleted).
-        These tests send no id twice in one batch."""
-        answer: dict[str, Any] = {
-            "inserted": 0,
-            "updated": 0,
-            "deleted": 0,
-            "duplicates": 0,
-            "unknown_users": [],
-            "conflicts": [],
-            "retry_after": None,
-        }
-        if body.get("rate_caller") is not None and self.rate_wait:
-            return {**answer, "retry_after": self.rate_wait}
-        writes: dict[str, Stored] = {}
-        for event in body["events"]:
-            event_id = event.get("id") or stand_in_id(event["identity"])
-            before = self.rows.get(event_id)
-            revision, deletion = event.get("revision"), bool(event.get("deleted"))
-            greater = revision is not None and (
-                before is None or before.revision is None or revision > before.revision
-            )
-            if event["user_id"] in self.unknown_users:
-                answer["unknown_users"].append(event["index"])
-            elif before is not None and before.user_id != event["user_id"]:
-                answer["conflicts"].append(event["index"])
-            elif before is None:
-                answer["deleted" if deletion else "inserted"] += 1
-                writes[event_id] = Stored(event["user_id"], revision, deletion, event["value"])
-            elif not before.deleted and deletion and (revision is None or greater):
-                answer["deleted"] += 1
-                writes[event_id] = Stored(before.user_id, revision, True, before.value)
-            elif not before.deleted and not deletion and greater:
-                answer["updated"] += 1
-                writes[event_id] = Stored(before.user_id, revision, False, event["value"])
-            else:
-                answer["duplicates"] += 1
-        if body["atomic"] and (answer["unknown_users"] or answer["conflicts"]):
-            return {**answer, "inserted": 0, "updated": 0, "deleted": 0, "duplicates": 0}
-        for event_id, row in writes.items():
-            if event_id not in self.rows:
-                self.times_inserted[event_id] += 1
-            self.rows[event_id] = row
-        return answer
+    @property
+    def rows(self) -> dict[str, Stored]:
+        """What the stand-in's function has stored, by id."""
+        return self.function.stored
 
     # -- the server ------------------------------------------------------------------------
 
@@ -321,7 +262,7 @@ def counts(response: TestResponse) -> tuple[int, int, int, int]:
 def assert_each_stored_once(stand_in: StandIn, events: list[dict[str, Any]]) -> None:
     ids = [e["event_id"] for e in events]
     assert set(stand_in.rows) == set(ids)
-    assert all(stand_in.times_inserted[i] == 1 for i in ids)
+    assert all(stand_in.function.times_inserted[i] == 1 for i in ids)
 
 
 def unavailable(response: TestResponse) -> dict[str, Any]:
@@ -464,7 +405,7 @@ def test_the_rate_limit_is_taken_with_the_first_chunk_only(
 def test_a_caller_over_its_rate_limit_gets_429_and_nothing_is_stored(
     stand_in: StandIn, serve: ServeApp
 ) -> None:
-    stand_in.rate_wait = 17
+    stand_in.function.rate_wait = 17
 
     response = serve().post("/", json=batch(1_200), headers=auth())
 
