@@ -187,6 +187,16 @@ class Database:
         return self.cluster.url("postgres", self.name)
 
 
+def add_user(db: Database, user_id: str) -> None:
+    """A new user of the project (a row of auth.users) with ``user_id``."""
+    with db.connect() as conn:
+        conn.execute(
+            "insert into auth.users (id, aud, role, email) values"
+            " (%s, 'authenticated', 'authenticated', %s)",
+            (user_id, f"{user_id}@example.test"),
+        )
+
+
 def stored(db: Database, *, since: str = "2025-01-01T00:00:00Z") -> list[tuple[Any, ...]]:
     """The events stored from ``since`` on: user, timestamp, type and value, in time order."""
     with db.connect() as conn:

@@ -15,7 +15,7 @@ import pytest
 from functions import replay
 from localdb.api_roles import request_as
 from localdb.cluster import ROOT
-from tests.conftest import ANA, BEN, ClientFactory, Database, auth, event, json_body
+from tests.conftest import ANA, BEN, ClientFactory, Database, add_user, auth, event, json_body
 
 NEWCOMER = "c3c3c3c3-0000-4000-8000-0000000000aa"
 
@@ -130,15 +130,6 @@ def test_service_role_reads_failures(db: Database, make_client: ClientFactory) -
     ):
         row = c.execute("select count(*) from private.engagement_event_failures").fetchone()
     assert row == (1,)
-
-
-def add_user(db: Database, user_id: str) -> None:
-    with db.connect() as conn:
-        conn.execute(
-            "insert into auth.users (id, aud, role, email) values (%s, 'authenticated',"
-            " 'authenticated', %s)",
-            (user_id, f"{user_id[:8]}@example.test"),
-        )
 
 
 def test_replay_imports_what_passes_now_once_and_marks_it(

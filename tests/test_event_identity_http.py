@@ -18,7 +18,7 @@ from functions import replay
 from functions.config import Settings
 from localdb.api_roles import request_as
 from tests import openapi_contract as contract
-from tests.conftest import ClientFactory, Database, auth
+from tests.conftest import ClientFactory, Database, add_user, auth
 
 PERIOD = {"period_start": "2024-12-01T00:00:00+01:00", "period_end": "2024-12-02T00:00:00+01:00"}
 # Users of their own (the seed has step counts of its users), added by the client fixture.
@@ -83,15 +83,6 @@ def failures(db: Database) -> list[tuple[Any, ...]]:
             "select event_index, user_id::text, errors from private.engagement_event_failures"
             " order by id"
         ).fetchall()
-
-
-def add_user(db: Database, user_id: str) -> None:
-    with db.connect() as conn:
-        conn.execute(
-            "insert into auth.users (id, aud, role, email) values"
-            " (%s, 'authenticated', 'authenticated', %s)",
-            (user_id, f"{user_id}@example.test"),
-        )
 
 
 @pytest.fixture(autouse=True)
