@@ -398,6 +398,91 @@ def test_a_user_joins_only_their_own_engagement_channel(realtime_db: Database) -
         assert not joins(conn, ANA, "room:lobby")  # no policy of this project opens it
 
 
+BROADCAST_MIGRATION = localcluster.MIGRATIONS / "20250101000000_realtime_broadcast_revisions.sql"
+
+
+def add_broadcast_changes(db: Database) -> None:
+    """A stand-in for Realtime's realtime.broadcast_changes with its documented effect: one
+    private broadcast message on the topic, the new and the old row in its payload."""
+    with db.cluster.connect(localcluster.SUPERUSER, db.name) as sup:
+        sup.execute(
+            """
+            create function realtime.broadcast_changes(
+                topic_name text, event_name text, operation text, table_name text,
+                table_schema text, new record, old record, level text default 'ROW')
+            returns void language plpgsql as $f$
+            begin
+                insert into realtime.messages (topic, extension, event, payload, private)
+                values (topic_name, 'broadcast', event_name,
+                        jsonb_build_object('operation', operation, 'table', table_name,
+                                           'schema', table_schema, 'record', to_jsonb(new),
+                                           'old_record', to_jsonb(old)),
+                        true);
+            end
+            $f$;
+            grant execute on function
+                realtime.broadcast_changes(text, text, text, text, text, record, record, text)
+                to postgres;
+            """
+        )
+
+
+def test_a_revision_and_a_deletion_reach_the_owners_private_channel_only(
+    realtime_db: Database,
+) -> None:
+    """Through batch_import's write path: the insert is not broadcast, the newer revision and
+    the deletion are, as UPDATE messages on engagement:<owner>, which only the owner can join."""
+    add_broadcast_changes(realtime_db)
+    realtime_db.cluster.run_sql_file(BROADCAST_MIGRATION, dbname=realtime_db.name)
+    identity = json.dumps([ANA, "steps_import", "broadcast", "2024-12-02"])
+
+    with psycopg.connect(realtime_db.cluster.dsn("postgres", realtime_db.name)) as conn:
+        conn.autocommit = True
+        for revision, deleted in ((1, False), (2, False), (3, True)):
+            event = {
+                "index": 0,
+                "identity": identity,
+                "user_id": ANA,
+                "event_type": "steps_import",
+                "timestamp": "2024-12-02T20:00:00Z",
+                "value": {"steps": 1000 * revision},
+                "revision": revision,
+                "deleted": deleted,
+            }
+            with request_as(conn, "service_role"):
+                conn.execute(
+                    "select public.ingest_engagement_events(%s::jsonb)", (json.dumps([event]),)
+                )
+    with realtime_db.cluster.connect(localcluster.SUPERUSER, realtime_db.name) as sup:
+        messages = sup.execute(
+            "select topic, event, private, payload -> 'record' ->> 'revision',"
+            " payload -> 'record' ->> 'is_deleted' from realtime.messages order by inserted_at"
+        ).fetchall()
+    assert messages == [
+        (f"engagement:{ANA}", "UPDATE", True, "2", "false"),
+        (f"engagement:{ANA}", "UPDATE", True, "3", "true"),
+    ]
+    with psycopg.connect(realtime_db.cluster.dsn("authenticator", realtime_db.name)) as conn:
+        assert joins(conn, ANA, f"engagement:{ANA}")
+        assert not joins(conn, BEN, f"engagement:{ANA}")
+
+
+def test_without_broadcast_changes_the_broadcast_migration_applies_and_changes_nothing(
+    db: Database,
+) -> None:
+    db.cluster.run_sql_file(BROADCAST_MIGRATION, dbname=db.name)
+    with db.connect() as conn:
+        triggers = conn.execute(
+            "select tgname from pg_trigger where tgrelid = 'public.engagement_events'::regclass"
+            " and tgname = 'engagement_events_broadcast_update'"
+        ).fetchall()
+        function = conn.execute(
+            "select to_regprocedure('private.engagement_events_broadcast_update()')"
+        ).fetchone()
+    assert triggers == []
+    assert function == (None,)
+
+
 def test_a_broad_project_policy_does_not_open_another_users_channel(
     realtime_db: Database,
 ) -> None:
