@@ -296,6 +296,30 @@ def test_realtime_hands_each_change_only_to_the_rows_owner(db: Database) -> None
     assert [col["name"] for col in rows[3]["identity"]] == ["id"]
 
 
+def ingest_version(
+    conn: psycopg.Connection[Any], day: str, revision: int, deleted: bool
+) -> dict[str, Any]:
+    """Version ``revision`` of ANA's step count of ``day`` through batch_import's write path
+    (ingest_engagement_events, as service_role); the function's answer."""
+    event = {
+        "index": 0,
+        "identity": json.dumps([ANA, "steps_import", "garmin", day]),
+        "user_id": ANA,
+        "event_type": "steps_import",
+        "timestamp": f"{day}T20:00:00Z",
+        "value": {"steps": 1000 * revision},
+        "revision": revision,
+        "deleted": deleted,
+    }
+    with request_as(conn, "service_role"):
+        row = conn.execute(
+            "select public.ingest_engagement_events(%s::jsonb)", (json.dumps([event]),)
+        ).fetchone()
+    assert row is not None
+    answer: dict[str, Any] = row[0]
+    return answer
+
+
 def test_a_revision_and_a_deletion_reach_only_the_owner_as_updates(db: Database) -> None:
     """Through the write path of batch_import (ingest_engagement_events, as service_role): a
     newer revision and a deletion from the source are UPDATE changes of the row, which
@@ -325,7 +349,11 @@ def test_a_revision_and_a_deletion_reach_only_the_owner_as_updates(db: Database)
         conn.execute("set synchronous_commit = on")
         try:
             counts = [
-                {k: v for k, v in ingest(conn, revision, deleted).items() if isinstance(v, int)}
+                {
+                    k: v
+                    for k, v in ingest_version(conn, "2024-12-01", revision, deleted).items()
+                    if isinstance(v, int)
+                }
                 for revision, deleted in ((1, False), (2, False), (3, True))
             ]
             changes = [
@@ -434,25 +462,10 @@ def test_a_revision_and_a_deletion_reach_the_owners_private_channel_only(
     the deletion are, as UPDATE messages on engagement:<owner>, which only the owner can join."""
     add_broadcast_changes(realtime_db)
     realtime_db.cluster.run_sql_file(BROADCAST_MIGRATION, dbname=realtime_db.name)
-    identity = json.dumps([ANA, "steps_import", "broadcast", "2024-12-02"])
-
     with psycopg.connect(realtime_db.cluster.dsn("postgres", realtime_db.name)) as conn:
         conn.autocommit = True
         for revision, deleted in ((1, False), (2, False), (3, True)):
-            event = {
-                "index": 0,
-                "identity": identity,
-                "user_id": ANA,
-                "event_type": "steps_import",
-                "timestamp": "2024-12-02T20:00:00Z",
-                "value": {"steps": 1000 * revision},
-                "revision": revision,
-                "deleted": deleted,
-            }
-            with request_as(conn, "service_role"):
-                conn.execute(
-                    "select public.ingest_engagement_events(%s::jsonb)", (json.dumps([event]),)
-                )
+            ingest_version(conn, "2024-12-02", revision, deleted)
     with realtime_db.cluster.connect(localcluster.SUPERUSER, realtime_db.name) as sup:
         messages = sup.execute(
             "select topic, event, private, payload -> 'record' ->> 'revision',"
