@@ -326,24 +326,6 @@ def test_a_revision_and_a_deletion_reach_only_the_owner_as_updates(db: Database)
     Realtime hands to the subscribers whose SELECT policy admits the row: its owner alone."""
     slot = "engagement_realtime_revisions"
 
-    def ingest(conn: psycopg.Connection[Any], revision: int, deleted: bool) -> Any:
-        event = {
-            "index": 0,
-            "identity": json.dumps([ANA, "steps_import", "garmin", "2024-12-01"]),
-            "user_id": ANA,
-            "event_type": "steps_import",
-            "timestamp": "2024-12-01T20:00:00Z",
-            "value": {"steps": 1000 * revision},
-            "revision": revision,
-            "deleted": deleted,
-        }
-        with request_as(conn, "service_role"):
-            row = conn.execute(
-                "select public.ingest_engagement_events(%s::jsonb)", (json.dumps([event]),)
-            ).fetchone()
-        assert row is not None
-        return row[0]
-
     with db.connect() as conn:
         conn.execute("select pg_create_logical_replication_slot(%s, 'wal2json')", (slot,))
         conn.execute("set synchronous_commit = on")
