@@ -53,7 +53,6 @@ from functions.sinks import (
     WriteResult,
     ingest_element,
     out_of_time,
-    rate_arguments,
     refusal,
     remaining,
     write_result,
@@ -155,12 +154,10 @@ class PostgresSink:
     ) -> WriteResult:
         if not rows:
             return WriteResult(inserted=0, duplicates=0)
-        arguments = rate_arguments(rate)
         limits = (
-            arguments.get("rate_caller"),
-            arguments.get("rate_requests_per_minute", 0),
-            arguments.get("rate_events_per_minute", 0),
-            arguments.get("rate_events"),
+            (None, 0, 0, None)
+            if rate is None
+            else (rate.caller, rate.requests_per_minute, rate.events_per_minute, rate.events)
         )
         if len(rows) >= STAGED_FROM:
             answer = self._retrying(_INGEST_STAGED, (atomic, *limits), deadline, staged=rows)
