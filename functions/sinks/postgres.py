@@ -19,8 +19,10 @@ Why it looks the way it does:
 - A write is one call of ``public.ingest_engagement_events`` (the write path both sinks
   share): it takes the rate limit, finds unknown users and cross-user ids, and inserts,
   revises or deletes, all in one statement, so a user deleted meanwhile cannot turn a partial
-  write into a foreign-key failure of the whole batch. Its transaction (``BEGIN``, the
-  timeouts, the call, ``COMMIT``) goes out as one pipeline: one round trip per request. A
+  write into a foreign-key failure of the whole batch. The timeouts and the call go out as
+  one pipeline, one implicit transaction ended by the pipeline's Sync: one round trip per
+  request (an explicit ``BEGIN``/``COMMIT`` through psycopg's ``transaction()`` would add
+  two: it syncs the pipeline after ``BEGIN`` and before ``COMMIT``). A
   batch of :data:`STAGED_FROM` events or more is COPYd into a temporary table first and
   decided by ``ingest_staged_engagement_events``, the same decision (COPY is not possible in a
   pipeline; it reads a large batch in a third of the time the JSON document takes).
@@ -208,13 +210,14 @@ class PostgresSink:
                             _stage(conn, staged)
                             row = conn.execute(query, params).fetchone()
                         return row[0] if row else None
-                    # BEGIN, the timeouts, the query and COMMIT in one round trip; the answer
-                    # is read once the pipeline has synced.
+                    # The timeouts and the query in one round trip: what a pipeline sends
+                    # before its Sync runs as one implicit transaction, committed at the Sync
+                    # and rolled back whole if a statement fails. (psycopg's transaction()
+                    # inside a pipeline would sync after BEGIN and again before COMMIT.)
                     with conn.pipeline():
-                        with conn.transaction():
-                            self._set_timeouts(conn, deadline)
-                            cursor = conn.execute(query, params)
-                        row = cursor.fetchone()
+                        self._set_timeouts(conn, deadline)
+                        cursor = conn.execute(query, params)
+                    row = cursor.fetchone()
                     return row[0] if row else None
             except StoreUnavailable:
                 raise
