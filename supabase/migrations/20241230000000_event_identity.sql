@@ -355,29 +355,15 @@ begin
             -- xmax is 0 in a row this statement inserted and set in one it updated: what the
             -- row was when the insert met it, even if a concurrent request committed it after
             -- this statement's snapshot was taken.
-            returning e.id, e.xmax::text = '0' as fresh
+            returning e.id, e.xmax::text = '0' as fresh, e.is_deleted
         ),
-        -- The decided events with what became of them. A union and a grouping rather than a
-        -- join: the planner cannot know how many rows a CTE holds and would loop over both.
-        decided as (
-            select u.id,
-                   pg_catalog.bool_or(u.written) as written,
-                   pg_catalog.bool_or(u.fresh) as fresh,
-                   pg_catalog.bool_or(u.stored) as stored,
-                   pg_catalog.bool_or(u.deleted) as deleted,
-                   pg_catalog.max(u."index") as "index",
-                   (pg_catalog.array_agg(u.user_id) filter (where u.user_id is not null))[1]
-                       as user_id
-            from (
-                select r.id, false as written, false as fresh, r.stored, r.deleted, r."index",
-                       r.user_id
-                from ranked as r
-                where r.owned and r.winner
-                union all
-                select w.id, true, w.fresh, false, false, null, null
-                from written as w
-            ) as u
-            group by u.id
+        -- The decided events that were not written: a duplicate when their row was stored at
+        -- the start, else they met a row a concurrent request stored meanwhile (below).
+        unwritten as (
+            select r.id, r."index", r.user_id, r.stored
+            from ranked as r
+            where r.owned and r.winner
+              and not exists (select 1 from written as w where w.id = r.id)
         )
         select
             (select v.malformed from verdict as v),
@@ -387,16 +373,16 @@ begin
             (select coalesce(pg_catalog.array_agg(r."index" order by r."index"), '{}')
              from ranked as r where not r.owned),
             (select count(*) from ranked as r where r.owned and not r.winner)
-                + (select count(*) from decided as d where d.stored and not d.written),
-            (select count(*) from decided as d where d.written and d.fresh and not d.deleted),
-            (select count(*) from decided as d where d.written and not d.fresh and not d.deleted),
-            (select count(*) from decided as d where d.written and d.deleted),
-            (select pg_catalog.array_agg(d."index") from decided as d
-             where not d.stored and not d.written and not (select v.blocked from verdict as v)),
-            (select pg_catalog.array_agg(d.id) from decided as d
-             where not d.stored and not d.written and not (select v.blocked from verdict as v)),
-            (select pg_catalog.array_agg(d.user_id) from decided as d
-             where not d.stored and not d.written and not (select v.blocked from verdict as v))
+                + (select count(*) from unwritten as u where u.stored),
+            (select count(*) from written as w where w.fresh and not w.is_deleted),
+            (select count(*) from written as w where not w.fresh and not w.is_deleted),
+            (select count(*) from written as w where w.is_deleted),
+            (select pg_catalog.array_agg(u."index") from unwritten as u
+             where not u.stored and not (select v.blocked from verdict as v)),
+            (select pg_catalog.array_agg(u.id) from unwritten as u
+             where not u.stored and not (select v.blocked from verdict as v)),
+            (select pg_catalog.array_agg(u.user_id) from unwritten as u
+             where not u.stored and not (select v.blocked from verdict as v))
         into malformed, blocked, unknown, conflicts, duplicates, inserted, updated, deleted,
              raced_index, raced_id, raced_user;
 
