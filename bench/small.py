@@ -19,7 +19,10 @@ template. Before the timed part each client sends ``--warmup`` requests of its o
 so that neither side's figures include opening connections, the server's lazy imports or a
 backend's first catalog reads. events/s is the timed events divided by the wall time of the
 timed part; latency is per request, as the client sees it. Medians of the rounds are printed
-with their ratio. Every event is checked in the database afterwards. ``--statements`` also loads
+with their ratio. The CPU each side costs a request is counted over its timed part: the whole
+machine's busy time (``/proc/stat``, every process: clients, function, PostgreSQL), the function's
+processes (gunicorn's arbiter and worker, ``/proc/<pid>/stat``) and the benchmark's own client
+threads. Every event is checked in the database afterwards. ``--statements`` also loads
 pg_stat_statements and prints, per side, the statements of one request and the server's
 execution time (that instrumentation costs time itself, so take rates from a run without it).
 """
@@ -30,11 +33,13 @@ import argparse
 import functools
 import http.client
 import json
+import os
 import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -124,6 +129,44 @@ def as_rows(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 @dataclass
+class Cpu:
+    """CPU seconds spent during a timed part (None where /proc does not tell)."""
+
+    machine: float | None
+    """Every process of the machine, from /proc/stat."""
+    client: float
+    """The benchmark's own process: the client threads."""
+    function: float | None = None
+    """The function's processes (gunicorn's arbiter and its worker)."""
+
+
+def _machine_busy_seconds() -> float | None:
+    """CPU seconds the machine has been busy (all cores, all processes) since boot."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return None
+    ticks = [int(field) for field in fields]
+    idle = ticks[3] + ticks[4]  # idle and iowait
+    return (sum(ticks) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _process_tree_seconds(pid: int) -> float | None:
+    """CPU seconds of ``pid`` and its children (user and system), from /proc."""
+    total = 0.0
+    found = False
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the process ended meanwhile
+        if int(stat.parent.name) == pid or int(fields[1]) == pid:
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            found = True
+    return total if found else None
+
+
+@dataclass
 class SideRun:
     """One side's timed part of one round."""
 
@@ -131,6 +174,7 @@ class SideRun:
     latencies_ms: list[float]
     events: int
     errors: list[str]
+    cpu: Cpu | None = None
     rows_stored: int = 0
     """Rows the side added to the table, counted in the database."""
     requests: int = 0
@@ -138,8 +182,14 @@ class SideRun:
     """(statement, calls, total execution ms) on the server, with ``--statements``."""
 
 
-def _in_parallel(work: list[list[Any]], send: Callable[[int, Any], int], clients: int) -> SideRun:
-    """Run ``send(client, item)`` over each client's items at once, timed."""
+def _in_parallel(
+    work: list[list[Any]],
+    send: Callable[[int, Any], int],
+    clients: int,
+    function_pid: int | None = None,
+) -> SideRun:
+    """Run ``send(client, item)`` over each client's items at once, timed, with the CPU it
+    cost (``function_pid``: the function's process, whose tree is counted too)."""
     latencies: list[float] = []
     stored = [0]
     errors: list[str] = []
@@ -162,13 +212,24 @@ def _in_parallel(work: list[list[Any]], send: Callable[[int, Any], int], clients
             latencies.extend(mine)
             stored[0] += count
 
+    def function_seconds() -> float | None:
+        return None if function_pid is None else _process_tree_seconds(function_pid)
+
     threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
+    machine, own, function = _machine_busy_seconds(), time.process_time(), function_seconds()
     started = time.perf_counter()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    return SideRun(time.perf_counter() - started, latencies, stored[0], errors)
+    seconds = time.perf_counter() - started
+    machine_after, function_after = _machine_busy_seconds(), function_seconds()
+    cpu = Cpu(
+        machine=None if machine is None or machine_after is None else machine_after - machine,
+        client=time.process_time() - own,
+        function=None if function is None or function_after is None else function_after - function,
+    )
+    return SideRun(seconds, latencies, stored[0], errors, cpu)
 
 
 def run_function(
@@ -210,7 +271,7 @@ def run_function(
 
     try:
         warm = _in_parallel(warmup, send, clients)
-        timed = _in_parallel(work, send, clients)
+        timed = _in_parallel(work, send, clients, function_pid=server.process.pid)
         timed.errors = warm.errors + timed.errors
         return timed
     finally:
@@ -291,7 +352,18 @@ def _summary(results: list[SideRun], expected_rows: int) -> dict[str, Any]:
     latencies = [ms for run in results for ms in run.latencies_ms]
     errors = [error for run in results for error in run.errors]
     requests = sum(run.requests for run in results)
+
+    def cpu_ms(part: str) -> float | None:
+        """Median over the rounds of ``part``'s CPU milliseconds per timed request."""
+        per_request = [
+            getattr(run.cpu, part) * 1000 / len(run.latencies_ms)
+            for run in results
+            if run.cpu is not None and getattr(run.cpu, part) is not None and run.latencies_ms
+        ]
+        return round(common.median(per_request), 3) if per_request else None
+
     summary: dict[str, Any] = {
+        "cpu_ms_per_request": {part: cpu_ms(part) for part in ("machine", "function", "client")},
         "events_per_s": round(common.median(rates), 1),
         "events_per_s_rounds": [round(rate, 1) for rate in rates],
         "p50_ms": round(common.percentile(latencies, 50), 2) if latencies else None,
@@ -321,6 +393,14 @@ def _summary(results: list[SideRun], expected_rows: int) -> dict[str, Any]:
             for query, (calls, ms) in sorted(totals.items(), key=lambda item: -item[1][1])
         ]
     return summary
+
+
+def _cpu_text(cpu: dict[str, float | None]) -> str:
+    """'machine 3.3 (function 1.6, client 0.3)', leaving out what was not counted."""
+    parts = [f"{name} {ms:.2f}" for name, ms in cpu.items() if ms is not None]
+    if not parts:
+        return "not counted (no /proc)"
+    return parts[0] + (f" ({', '.join(parts[1:])})" if parts[1:] else "")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -424,6 +504,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     ("ratio", f"{ratio:.2f}"),
                     ("batch_import p50 / p99 ms", f"{function['p50_ms']} / {function['p99_ms']}"),
                     ("direct p50 / p99 ms", f"{direct['p50_ms']} / {direct['p99_ms']}"),
+                    (
+                        "batch_import CPU ms/request",
+                        _cpu_text(function["cpu_ms_per_request"]),
+                    ),
+                    ("direct CPU ms/request", _cpu_text(direct["cpu_ms_per_request"])),
                     (
                         "every event stored",
                         function["stored_every_event"] and direct["stored_every_event"],

@@ -65,7 +65,16 @@ def test_small_reports_both_sides_and_stores_every_event(tmp_path: Path) -> None
             assert entry[side]["stored_every_event"] is True, side
             assert entry[side]["first_errors"] == [], side
         assert entry["ratio"] > 0
+        # The CPU a request costs is counted (Linux: /proc): the whole machine, the function's
+        # processes, the client threads; the direct side runs no function.
+        function_cpu = entry["batch_import"]["cpu_ms_per_request"]
+        assert function_cpu["machine"] > 0
+        assert function_cpu["function"] > 0
+        assert function_cpu["client"] > 0
+        assert entry["direct_insert"]["cpu_ms_per_request"]["function"] is None
+        assert entry["direct_insert"]["cpu_ms_per_request"]["machine"] > 0
     assert "batch_import p50 / p99 ms" in out
+    assert "batch_import CPU ms/request  machine" in out
 
 
 def test_cold_start_reports_import_breakdown_and_lazy_clients(tmp_path: Path) -> None:
