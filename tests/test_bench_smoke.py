@@ -66,13 +66,16 @@ def test_small_reports_both_sides_and_stores_every_event(tmp_path: Path) -> None
             assert entry[side]["first_errors"] == [], side
         assert entry["ratio"] > 0
         # The CPU a request costs is counted (Linux: /proc): the whole machine, the function's
-        # processes, the client threads; the direct side runs no function.
-        function_cpu = entry["batch_import"]["cpu_ms_per_request"]
-        assert function_cpu["machine"] > 0
-        assert function_cpu["function"] > 0
-        assert function_cpu["client"] > 0
+        # processes, the client threads (the client's is exact; /proc counts in 10 ms ticks,
+        # more than a few quick requests take); the direct side runs no function.
+        assert entry["batch_import"]["cpu_ms_per_request"]["machine"] is not None
+        assert entry["batch_import"]["cpu_ms_per_request"]["client"] > 0
+        assert entry["direct_insert"]["cpu_ms_per_request"]["machine"] is not None
         assert entry["direct_insert"]["cpu_ms_per_request"]["function"] is None
-        assert entry["direct_insert"]["cpu_ms_per_request"]["machine"] > 0
+    # 80 one-event requests take the function well over a tick of CPU.
+    one_event = figures["sizes"]["1"]["batch_import"]["cpu_ms_per_request"]
+    assert one_event["machine"] > 0
+    assert one_event["function"] > 0
     assert "batch_import p50 / p99 ms" in out
     assert "batch_import CPU ms/request  machine" in out
 
