@@ -154,7 +154,7 @@ comment on column public.engagement_events.id is
 -- One function decides and writes a batch, wherever it comes from: the events of a JSON
 -- array (ingest_engagement_events, the Data API's RPC and the direct sink's small batches), or
 -- the rows the direct sink COPYd into a temporary table (ingest_staged_engagement_events, its
--- bulk path: COPY parses a large batch in a third of the time the JSON document takes). The
+-- bulk path: COPY reads a large batch in a quarter of the time the JSON document takes). The
 -- decision is one static statement (planned once per session: planning it for every call
 -- would cost a small request more than its write), reading the batch through
 -- private.engagement_batch_rows.
