@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import psycopg
 import pytest
 
 from functions.errors import StoreError, StoreUnavailable
@@ -142,6 +143,29 @@ def test_a_locked_table_times_out_as_unavailable_and_writes_nothing(
     assert caught.value.stored == 0
     assert elapsed < 3
     assert stored(db, [r.id for r in batch]) == {}
+
+
+def test_a_write_and_its_timeouts_end_together(db: Database) -> None:
+    """The timeouts are the write's own: its connection goes back to the pool idle, with the
+    settings any other transaction on it gets, after a write and after a refused one."""
+    sink = PostgresSink(db.url, statement_timeout_ms=1234, lock_timeout_ms=567)
+    server_settings = "select current_setting('statement_timeout'), current_setting('lock_timeout')"
+    with psycopg.connect(db.url) as fresh:
+        expected = fresh.execute(server_settings).fetchone()
+    assert expected != ("1234ms", "567ms")
+
+    def connection_after_write() -> tuple[Any, Any]:
+        assert sink.pool is not None
+        with sink.pool.connection() as conn:
+            return conn.info.transaction_status, conn.execute(server_settings).fetchone()
+
+    sink.write([row()], atomic=False, deadline=soon())
+    assert connection_after_write() == (psycopg.pq.TransactionStatus.IDLE, expected)
+
+    with pytest.raises(StoreError):
+        sink.write([row(), row(event_type="Not-A-Type")], atomic=False, deadline=soon())
+    assert connection_after_write() == (psycopg.pq.TransactionStatus.IDLE, expected)
+    sink.close()
 
 
 def test_the_deadline_caps_the_statement_timeout(db: Database, sink: PostgresSink) -> None:
