@@ -227,8 +227,7 @@ class PostgresSink:
                         return row[0] if row else None
                     # The timeouts and the query in one round trip: what a pipeline sends
                     # before its Sync runs as one implicit transaction, committed at the Sync
-                    # and rolled back whole if a statement fails. (psycopg's transaction()
-                    # inside a pipeline would sync after BEGIN and again before COMMIT.)
+                    # and rolled back whole if a statement fails (module docstring).
                     with conn.pipeline():
                         self._set_timeouts(conn, deadline)
                         cursor = conn.execute(query, params)
