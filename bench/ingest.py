@@ -369,10 +369,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         fn_rate = size / common.median(function_s[size])
         copy_rate = size / common.median(copy_s[size])
         ratio = fn_rate / copy_rate
+        # Each repetition runs both sides back to back, so its own ratio cancels most of the
+        # machine's drift between repetitions: their spread shows how far one run can be
+        # trusted.
+        per_repetition = [
+            round(copy / function, 2)
+            for function, copy in zip(function_s[size], copy_s[size], strict=True)
+        ]
         per_size[str(size)] = {
             "function_events_per_second": round(fn_rate),
             "copy_rows_per_second": round(copy_rate),
             "ratio": round(ratio, 2),
+            "ratio_per_repetition": per_repetition,
             "requests": -(-size // per_request),
             "function_seconds": [round(s, 3) for s in function_s[size]],
             "copy_seconds": [round(s, 3) for s in copy_s[size]],
@@ -381,6 +389,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             (f"{size:,} events: batch_import events/s", round(fn_rate)),
             (f"{size:,} events: COPY rows/s", round(copy_rate)),
             (f"{size:,} events: ratio (bar {BAR})", round(ratio, 2)),
+            (
+                f"{size:,} events: ratio per repetition",
+                " ".join(f"{r:.2f}" for r in per_repetition),
+            ),
         ]
 
     request_time = common.median([sec for events, sec in requests if events == per_request])

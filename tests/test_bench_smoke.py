@@ -8,6 +8,7 @@ positive. No timing is asserted: the figures depend on the machine.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -46,6 +47,14 @@ def test_ingest_reports_function_and_copy_rates_and_breakdown(tmp_path: Path) ->
         assert entry["function_events_per_second"] > 0
         assert entry["copy_rows_per_second"] > 0
         assert entry["ratio"] > 0
+        # One repetition in quick mode: its own ratio, both sides timed back to back.
+        assert len(entry["ratio_per_repetition"]) == 1
+        assert entry["ratio_per_repetition"][0] > 0
+    for size, entry in figures["sizes"].items():
+        # The ratio is printed as it was measured, to two decimals (0.55 is not shown as 0.6
+        # beside a bar of 0.6).
+        shown = rf"{int(size):,} events: ratio \(bar 0\.6\) +{re.escape(str(entry['ratio']))}\n"
+        assert re.search(shown, out), out
     stages = figures["breakdown_per_request"]["ms"]
     for stage in ("parse", "validate", "convert", "write"):
         assert stages[stage] > 0, stage
