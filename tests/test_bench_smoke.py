@@ -43,14 +43,13 @@ def _bench(name: str, results_dir: Path) -> tuple[str, dict[str, Any]]:
 def test_ingest_reports_function_and_copy_rates_and_breakdown(tmp_path: Path) -> None:
     out, figures = _bench("ingest", tmp_path)
     assert set(figures["sizes"]) == {"500", "1000"}
-    for entry in figures["sizes"].values():
+    for size, entry in figures["sizes"].items():
         assert entry["function_events_per_second"] > 0
         assert entry["copy_rows_per_second"] > 0
         assert entry["ratio"] > 0
         # One repetition in quick mode: its own ratio, both sides timed back to back.
         assert len(entry["ratio_per_repetition"]) == 1
         assert entry["ratio_per_repetition"][0] > 0
-    for size, entry in figures["sizes"].items():
         # The ratio is printed as it was measured, to two decimals (0.55 is not shown as 0.6
         # beside a bar of 0.6).
         shown = rf"{int(size):,} events: ratio \(bar 0\.6\) +{re.escape(str(entry['ratio']))}\n"
